@@ -1,0 +1,114 @@
+"""`run`: check inputs and output, run the Beam pipeline into a temp dir next
+to the output, add the SentencePiece model and the report, then rename.
+
+A failed run removes its temp dir, so DIR either does not exist or is
+complete (report.json is written last, before the rename).
+"""
+
+import json
+import os
+import shutil
+import time
+import uuid
+from typing import List, Optional
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import (DirectOptions,
+                                                  PipelineOptions,
+                                                  StandardOptions)
+
+from lm.data.prep import pipeline, readers, report, spm
+from lm.data.prep.config import PrepConfig
+
+
+class OutputError(ValueError):
+  """The output directory cannot be used (reported as one line)."""
+
+
+def pipeline_options(beam_args: List[str], num_workers: int
+                     ) -> PipelineOptions:
+  """Standard Beam options; without --runner, the local DirectRunner with
+  `num_workers` processes (1: in-process, fastest to start)."""
+  options = PipelineOptions(beam_args)
+  if not options.view_as(StandardOptions).runner:
+    options.view_as(StandardOptions).runner = "DirectRunner"
+    direct = options.view_as(DirectOptions)
+    direct.direct_num_workers = num_workers
+    direct.direct_running_mode = ("multi_processing" if num_workers > 1
+                                  else "in_memory")
+  return options
+
+
+def _make_temp_dir(out: str, overwrite: bool) -> str:
+  if FileSystems.exists(out) and not overwrite:
+    raise OutputError(f"{out} already exists (pass --overwrite to replace it)")
+  tmp = f"{out}.tmp-{uuid.uuid4().hex[:8]}"
+  try:
+    FileSystems.mkdirs(tmp)
+    FileSystems.mkdirs(f"{tmp}/removed")
+  except Exception as e:  # Permission, missing parent, bad bucket...
+    raise OutputError(f"cannot create {tmp} next to the output dir: {e}"
+                      ) from None
+  return tmp
+
+
+def _publish(tmp: str, out: str) -> None:
+  """Moves the finished temp dir to `out` (replacing an old one)."""
+  old = f"{out}.old-{uuid.uuid4().hex[:8]}"
+  if os.path.exists(out):
+    os.rename(out, old)
+  os.rename(tmp, out)  # Atomic on one filesystem.
+  shutil.rmtree(old, ignore_errors=True)
+
+
+def _kept_files(tmp: str) -> List[str]:
+  return sorted(m.path for m in FileSystems.match(
+      [f"{tmp}/data-*.jsonl.gz"])[0].metadata_list)
+
+
+def _read_json(path: str) -> dict:
+  with FileSystems.open(path, compression_type="uncompressed") as f:
+    return json.loads(f.read())
+
+
+def run(cfg: PrepConfig, beam_args: Optional[List[str]] = None,
+        num_workers: int = 1) -> dict:
+  """Runs the whole preparation; returns the report (also in report.json).
+
+  Raises readers.InputError / OutputError for user errors, before any work.
+  """
+  start = time.time()
+  files = readers.expand_inputs(cfg.inputs)
+  out = cfg.output_dir.rstrip("/")
+  if "://" in out:
+    # Workers may run anywhere, but the report and the final rename are done
+    # by this process on its own disk.
+    raise OutputError("--output_dir must be a local (or mounted) path")
+  tmp = _make_temp_dir(os.path.abspath(out), cfg.overwrite)
+  options = pipeline_options(beam_args or [], num_workers)
+  try:
+    num_shards = cfg.num_shards or pipeline.auto_num_shards(files)
+    with beam.Pipeline(options=options) as p:
+      pipeline.build(p, cfg, files, tmp, num_shards)
+    stats = _read_json(f"{tmp}/{pipeline.STATS_FILE}")
+    FileSystems.delete([f"{tmp}/{pipeline.STATS_FILE}"])
+    if cfg.spm_vocab_size:
+      model = f"{tmp}/{spm.SPM_FILE}"
+      spm.train_spm(_kept_files(tmp), model, cfg.spm_vocab_size,
+                    int(stats.get("output/chars_out", 0)),
+                    cfg.spm_sample_chars)
+      with beam.Pipeline(options=options) as p:
+        _ = (spm.count_tokens(p, _kept_files(tmp), model,
+                              cfg.validation_fraction)
+             | beam.Map(pipeline.write_json, f"{tmp}/_tokens.json"))
+      stats.update(_read_json(f"{tmp}/_tokens.json"))
+      FileSystems.delete([f"{tmp}/_tokens.json"])
+    rep = report.build_report(stats, cfg, files, time.time() - start,
+                              num_shards)
+    report.write_report(rep, tmp)
+    _publish(tmp, os.path.abspath(out))
+    return rep
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise

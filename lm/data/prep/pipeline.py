@@ -1,0 +1,271 @@
+"""The Beam graph of `lm-prep`, and `run` (temp dir, report, atomic rename).
+
+  files -> read -> ProcessDoc (decode .. decontaminate, per document)
+             |-- doc (text)        ----------------------------.
+             |-- (hash, node)      -> ExactDedup -> decisions --+-> by shard ->
+             |-- (node, signature) -> NearDedup  -> decisions --'   WriteShard
+             '-- stats ---------------------------------------------> report
+
+Documents are joined with their dedup decisions once, keyed by output shard
+(a hash of the document key), and each shard is sorted by input order before
+it is written, so the output is byte-identical for any runner and worker
+count. Nothing is held globally: every step is a keyed Beam grouping.
+"""
+
+import collections
+import gzip
+import hashlib
+import json
+import math
+import time
+from typing import List
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+from lm.data.prep import (audit, clean, decontam, minhash, normalize, pii,
+                          quality, readers, splits)
+from lm.data.prep.config import PrepConfig
+from lm.data.prep.dedup import ExactDedup, NearDedup
+
+SHARD_BYTES = 64 << 20  # Auto sharding: one output shard per 64 MB of input.
+STATS_FILE = "_stats.json"
+
+
+def measure(stats, stage: str, side: str, text: str) -> None:
+  """Adds one document's docs/chars/words to `stage`'s in or out counts."""
+  stats[f"{stage}/docs_{side}"] += 1
+  stats[f"{stage}/chars_{side}"] += len(text)
+  stats[f"{stage}/words_{side}"] += len(text.split())
+
+
+def length_bin(text: str) -> int:
+  """Log2 bin of the character length (0 for empty text)."""
+  return int(math.log2(len(text))) + 1 if text else 0
+
+
+def shard_of(key, num_shards: int) -> int:
+  return splits.stable_hash(repr(key)) % num_shards
+
+
+class SumCounters(beam.CombineFn):
+  """Sums the per-document stats Counters into one dict."""
+
+  def create_accumulator(self):
+    return collections.Counter()
+
+  def add_input(self, acc, counts):
+    acc.update(counts)
+    return acc
+
+  def merge_accumulators(self, accs):
+    total = collections.Counter()
+    for acc in accs:
+      total.update(acc)
+    return total
+
+  def extract_output(self, acc):
+    return dict(acc)
+
+
+class ProcessDoc(beam.DoFn):
+  """Runs the per-document stages; emits the doc, dedup keys and stats."""
+
+  def __init__(self, cfg: PrepConfig):
+    self._cfg = cfg
+
+  def setup(self):
+    cfg = self._cfg
+    self._terms = audit.load_terms(cfg.audit_terms)
+    eval_ngrams = decontam.load_eval_ngrams(cfg.decontaminate,
+                                            cfg.decontam_ngram)
+    stages = []
+    if cfg.normalize.enabled:
+      stages.append(("normalize", lambda t, s: (
+          normalize.normalize_text(t, cfg.normalize), None)))
+    if cfg.clean.enabled:
+      stages.append(("clean", self._clean))
+    if cfg.quality.languages:
+      stages.append(("language", lambda t, s: (
+          t, quality.language_reason(t, cfg.quality.languages))))
+    if cfg.quality.enabled:
+      stages.append(("quality", lambda t, s: (
+          t, _prefixed("quality", quality.quality_reason(t, cfg.quality)))))
+    if cfg.pii.enabled:
+      stages.append(("pii", self._scrub))
+    if eval_ngrams:
+      stages.append(("decontaminate", lambda t, s: (t, decontam.contaminated(
+          t, eval_ngrams, cfg.decontam_ngram))))
+    self._stages = stages
+
+  def _clean(self, text, stats):
+    cleaned, reason, line_counts = clean.clean_lines(text, self._cfg.clean)
+    stats.update({f"clean_lines/{k}": v for k, v in line_counts.items()})
+    return (text if cleaned is None else cleaned), reason
+
+  @staticmethod
+  def _scrub(text, stats):
+    text, counts = pii.scrub_pii(text)
+    stats.update({f"pii/{k}": v for k, v in counts.items()})
+    return text, None
+
+  def process(self, doc):
+    cfg, stats = self._cfg, collections.Counter()
+    text = doc["text"]
+    measure(stats, "read", "in", text)
+    stats[f"hist_before/{length_bin(text)}"] += 1
+    stats.update(audit.audit_counts(text, self._terms, "audit_before"))
+    if doc["reason"] is None and not text.strip():
+      doc["reason"] = "empty"
+    if doc["reason"] is None:
+      measure(stats, "read", "out", text)
+      for stage, fn in self._stages:
+        measure(stats, stage, "in", text)
+        start = time.perf_counter()
+        text, reason = fn(text, stats)
+        if reason is None and not text:
+          reason = f"{stage}:empty"
+        stats[f"{stage}/seconds"] += time.perf_counter() - start
+        if reason:
+          doc["reason"] = reason
+          break
+        measure(stats, stage, "out", text)
+    if doc["reason"] is None:
+      yield from self._dedup_keys(doc, text, stats)
+    else:
+      stats[f"removed/{doc['reason']}"] += 1
+    doc["text"] = text
+    yield doc
+    yield beam.pvalue.TaggedOutput("stats", stats)
+
+  def _dedup_keys(self, doc, text, stats):
+    node, dedup = (doc["key"], doc["id"]), self._cfg.dedup
+    if dedup.exact:
+      start = time.perf_counter()
+      digest = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+      stats["exact_dedup/seconds"] += time.perf_counter() - start
+      yield beam.pvalue.TaggedOutput("hash", (digest, node))
+    if dedup.near:
+      start = time.perf_counter()
+      sig = minhash.signature(text, dedup.ngram, dedup.num_perm, dedup.seed)
+      stats["near_dedup/seconds"] += time.perf_counter() - start
+      yield beam.pvalue.TaggedOutput("sig", (node, sig.tobytes()))
+
+
+def _prefixed(prefix, reason):
+  return reason and f"{prefix}:{reason}"
+
+
+def _gzip_writer(path: str):
+  """A text writer to `path` (any Beam filesystem), gzip with a fixed mtime
+  so that identical content gives identical bytes."""
+  raw = FileSystems.create(path, compression_type="uncompressed")
+  return _ClosingGzip(raw)
+
+
+class _ClosingGzip(gzip.GzipFile):
+  """GzipFile that also closes the channel it writes to."""
+
+  def __init__(self, raw):
+    super().__init__(filename="", mode="wb", fileobj=raw, mtime=0)
+    self._raw = raw
+
+  def write_record(self, record: dict) -> None:
+    self.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+
+  def close(self):
+    super().close()
+    self._raw.close()
+
+
+def _final_reason(doc, decisions, stats):
+  """The doc's reason after dedup, counting the dedup stages' in/out."""
+  text, reason = doc["text"], doc["reason"]
+  if reason is not None:
+    return reason
+  decision = decisions.get(doc["key"])
+  for stage, kind in (("exact_dedup", "exact_dup_of"),
+                      ("near_dedup", "near_dup_of")):
+    measure(stats, stage, "in", text)
+    if decision and decision[0] == kind:
+      stats[f"removed/{kind[:-3]}"] += 1
+      return f"{kind}:{decision[1]}"
+    measure(stats, stage, "out", text)
+  return None
+
+
+class WriteShard(beam.DoFn):
+  """Writes one output shard (kept + removed), sorted by input order."""
+
+  def __init__(self, cfg: PrepConfig, tmp_dir: str, num_shards: int):
+    self._cfg, self._tmp, self._num_shards = cfg, tmp_dir, num_shards
+
+  def setup(self):
+    self._terms = audit.load_terms(self._cfg.audit_terms)
+
+  def process(self, item):
+    shard, joined = item
+    decisions = {}
+    for key, decision in joined["decision"]:
+      # A document can be both; the exact duplicate is the better reason.
+      if key not in decisions or decision[0] == "exact_dup_of":
+        decisions[key] = decision
+    stats = collections.Counter()
+    name = f"{shard:05d}-of-{self._num_shards:05d}.jsonl.gz"
+    with _gzip_writer(f"{self._tmp}/data-{name}") as kept, _gzip_writer(
+        f"{self._tmp}/removed/removed-{name}") as removed:
+      for doc in sorted(joined["doc"], key=lambda d: d["key"]):
+        reason = _final_reason(doc, decisions, stats)
+        if reason:
+          removed.write_record(
+              {"id": doc["id"], "reason": reason, "text": doc["text"]})
+          continue
+        kept.write_record({"id": doc["id"], "text": doc["text"],
+                           **doc["extra"]})
+        measure(stats, "output", "out", doc["text"])
+        split = splits.split_of(doc["id"], self._cfg.validation_fraction)
+        stats[f"split/{split}/docs"] += 1
+        stats[f"hist_after/{length_bin(doc['text'])}"] += 1
+        stats.update(audit.audit_counts(doc["text"], self._terms,
+                                        "audit_after"))
+    yield stats
+
+
+def write_json(obj, path):
+  """Writes `obj` as JSON to `path` on any Beam filesystem."""
+  with FileSystems.create(path) as f:
+    f.write(json.dumps(obj, sort_keys=True).encode("utf-8"))
+
+
+def build(p: beam.Pipeline, cfg: PrepConfig, files, tmp_dir: str,
+          num_shards: int) -> None:
+  """Adds the whole prep graph to `p`; stats land in tmp_dir/_stats.json."""
+  docs = (p | "Files" >> beam.Create(files)
+          | "SpreadFiles" >> beam.Reshuffle()
+          | "Read" >> beam.FlatMap(readers.read_file, cfg.read)
+          | "Process" >> beam.ParDo(ProcessDoc(cfg)).with_outputs(
+              "hash", "sig", "stats", main="doc"))
+  decisions, stats = [], [docs.stats]
+  if cfg.dedup.exact:
+    decisions.append(docs.hash | "Exact" >> ExactDedup())
+  if cfg.dedup.near:
+    near, unconverged = docs.sig | "Near" >> NearDedup(cfg.dedup)
+    decisions.append(near)
+    stats.append(unconverged | "UnconvergedStats" >> beam.Map(
+        lambda n: {"near_dedup/cc_unconverged": n}))
+  decision = (decisions | "AllDecisions" >> beam.Flatten()
+              if decisions else p | "NoDecisions" >> beam.Create([]))
+  by_shard = lambda kv: (shard_of(kv[0], num_shards), kv)
+  written = ({"doc": docs.doc | "DocShard" >> beam.Map(
+                  lambda d: (shard_of(d["key"], num_shards), d)),
+              "decision": decision | "DecisionShard" >> beam.Map(by_shard)}
+             | "ByShard" >> beam.CoGroupByKey()
+             | "Write" >> beam.ParDo(WriteShard(cfg, tmp_dir, num_shards)))
+  stats.append(written)
+  _ = (stats | "AllStats" >> beam.Flatten()
+       | "SumStats" >> beam.CombineGlobally(SumCounters())
+       | "WriteStats" >> beam.Map(write_json, f"{tmp_dir}/{STATS_FILE}"))
+
+
+def auto_num_shards(files) -> int:
+  return max(1, math.ceil(sum(size for *_, size in files) / SHARD_BYTES))

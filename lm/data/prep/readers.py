@@ -1,0 +1,105 @@
+"""Input discovery and reading: files -> documents with stable ids.
+
+A document travels through the pipeline as a plain dict:
+  key:    (input index, path, position); unique, and its order is "earliest"
+          for dedup (the first document in the input order wins);
+  id:     the `id` field of a JSONL record, else "<path>#<position>";
+  text:   decoded text;
+  extra:  the other JSONL fields, written back unchanged;
+  reason: None while kept, else why it was removed (e.g. "decode_error").
+"""
+
+import json
+import re
+from typing import Iterator, List, Sequence, Tuple
+
+from apache_beam.io.filesystems import FileSystems
+
+from lm.data.prep.config import ReadConfig
+
+_JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz", ".ndjson")
+_BLANK_LINE = re.compile(rb"\n[ \t\r\f\v]*\n")
+
+
+class InputError(ValueError):
+  """A user error in the inputs (reported as one line, no traceback)."""
+
+
+def expand_inputs(globs: Sequence[str]) -> List[Tuple[int, str, int]]:
+  """Returns sorted (input index, path, size in bytes) for every matched file.
+
+  Raises InputError naming the first glob that matches nothing.
+  """
+  files = []
+  for index, pattern in enumerate(globs):
+    try:
+      matched = FileSystems.match([pattern])[0].metadata_list
+    except Exception as e:  # Beam raises BeamIOError for a bad scheme, etc.
+      raise InputError(f"cannot list --input {pattern!r}: {e}") from None
+    if not matched:
+      raise InputError(f"no file matches --input {pattern!r}")
+    for m in sorted(matched, key=lambda m: m.path):
+      if not m.path.endswith((".txt",) + _JSONL_SUFFIXES):
+        raise InputError(
+            f"{m.path}: unsupported input type (want .txt, .jsonl, .jsonl.gz)")
+      files.append((index, m.path, m.size_in_bytes))
+  return files
+
+
+def _decode(raw: bytes, on_error: str) -> Tuple[str, bool]:
+  """Returns (text, ok); invalid UTF-8 is replaced by U+FFFD in the text."""
+  try:
+    return raw.decode("utf-8"), True
+  except UnicodeDecodeError:
+    return raw.decode("utf-8", errors="replace"), on_error == "replace"
+
+
+def _doc(key, doc_id, text, extra=None, reason=None) -> dict:
+  return {"key": key, "id": doc_id, "text": text, "extra": extra or {},
+          "reason": reason}
+
+
+def _read_txt(index: int, path: str, data: bytes, cfg: ReadConfig):
+  blocks = [data] if cfg.split == "file" else [
+      b for b in _BLANK_LINE.split(data) if b.strip()]
+  for pos, block in enumerate(blocks):
+    text, ok = _decode(block, cfg.on_decode_error)
+    yield _doc((index, path, pos), f"{path}#{pos}", text,
+               reason=None if ok else "decode_error")
+
+
+def _read_jsonl_line(index, path, pos, line: bytes, cfg: ReadConfig) -> dict:
+  key, default_id = (index, path, pos), f"{path}#{pos}"
+  text, ok = _decode(line, cfg.on_decode_error)
+  try:
+    record = json.loads(text)
+  except ValueError:
+    return _doc(key, default_id, text, reason="parse_error")
+  if not isinstance(record, dict) or not isinstance(
+      record.get(cfg.text_key), str):
+    return _doc(key, default_id, text, reason="parse_error")
+  doc_text = record.pop(cfg.text_key)
+  doc_id = str(record.pop("id")) if "id" in record else default_id
+  return _doc(key, doc_id, doc_text, record,
+              None if ok else "decode_error")
+
+
+def read_file(file: Tuple[int, str, int], cfg: ReadConfig) -> Iterator[dict]:
+  """Yields every document of one input file, bad ones with a `reason`.
+
+  A file that cannot be read (e.g. truncated gzip) yields one `read_error`
+  record instead of failing the pipeline.
+  """
+  index, path, _ = file
+  pos = 0
+  try:
+    with FileSystems.open(path) as f:  # Decompresses .gz by extension.
+      if path.endswith(".txt"):
+        yield from _read_txt(index, path, f.read(), cfg)
+        return
+      for pos, line in enumerate(iter(f.readline, b"")):
+        if line.strip():
+          yield _read_jsonl_line(index, path, pos, line, cfg)
+  except (OSError, EOFError, ValueError) as e:
+    yield _doc((index, path, pos + 1), f"{path}#read_error", str(e),
+               reason="read_error")
