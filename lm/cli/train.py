@@ -1,0 +1,65 @@
+"""lm-train: train (or resume) a model from gin files.
+
+  lm-train --gin_file=gin_configs/runs/shakespeare_char_cpu.gin --model_dir=/tmp/lm/run \
+      [--gin.TRAIN_STEPS=500 ...] [--coordinator_address=host:port --num_processes=N --process_id=i]
+"""
+import argparse
+
+import gin
+import jax
+import numpy as np
+
+from lm.cli.common import parse_args, parse_gin, run_main
+from lm.errors import UserError
+from lm.training import loop
+
+
+@gin.configurable
+def sample_after_training(result, input_cfg=gin.REQUIRED, num_tokens: int = 0,
+                          prompt: str = "\n", temperature: float = 0.8, top_k: int | None = 200,
+                          seed: int = 0):
+  """Prints `num_tokens` sampled from the trained model (nothing when 0)."""
+  from lm.data.pipeline import vocabulary
+  if not num_tokens or jax.process_index() != 0:
+    return
+  from lm.sampling import generate
+  vocab = vocabulary(input_cfg.task)
+  prompt_1P = np.array([vocab.encode(prompt)], np.int32)
+  cfg = result.model.cfg
+  window = min(input_cfg.seq_len, cfg.max_len)
+  params = jax.device_get(result.state.params)
+  tokens = generate(result.model, params, prompt_1P, jax.random.PRNGKey(seed),
+                    num_steps=num_tokens, temperature=temperature, top_k=top_k, window=window)
+  print("-" * 30, "sample", "-" * 30)
+  print(vocab.decode(np.asarray(tokens[0]).tolist()))
+
+
+def _main(argv):
+  parser = argparse.ArgumentParser(prog="lm-train", description=__doc__.split("\n")[0])
+  parser.add_argument("--gin_file", action="append", default=[], help="gin config (repeatable)")
+  parser.add_argument("--model_dir", required=True, help="run directory (resumed if it exists)")
+  parser.add_argument("--coordinator_address", help="host:port of process 0 (multi-host)")
+  parser.add_argument("--num_processes", type=int)
+  parser.add_argument("--process_id", type=int)
+  args, bindings = parse_args(parser, argv)
+  if not args.gin_file:
+    raise UserError("give at least one --gin_file")
+  if args.coordinator_address:
+    # Collectives between CPU processes need gloo; GPU/TPU backends ignore this setting.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+  try:
+    import lm.data.pipeline  # noqa: F401  (registers tasks and make_batches with gin)
+  except ImportError as e:  # a TF-less image trains from other inputs bound in gin
+    print(f"note: SeqIO input unavailable ({e})")
+  parse_gin(args.gin_file, bindings)
+  result = loop.train(args.model_dir)
+  sample_after_training(result)
+
+
+def main(argv=None):
+  raise SystemExit(run_main(_main, argv))
+
+
+if __name__ == "__main__":
+  main()

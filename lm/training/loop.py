@@ -1,0 +1,169 @@
+"""The outer training loop: mesh -> input -> jitted steps -> metrics, evals, checkpoints."""
+import dataclasses
+import functools
+import json
+import os
+import time
+from typing import Any, Callable
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+from tqdm import tqdm
+
+from lm.errors import UserError
+from lm.models.config import ModelConfig, flops_per_token
+from lm.models.transformer import Transformer
+from lm.sharding import DEFAULT_RULES, batch_sharding, check_divisible, global_batch, make_mesh
+from lm.training import checkpoints
+from lm.training.metrics import MetricsWriter, peak_flops_per_device
+from lm.training.optimizers import OptimizerConfig, make_optimizer, make_schedule
+from lm.training.state import create_state, state_shardings
+from lm.training.step import LossConfig, eval_step, train_step
+
+MODEL_JSON = "model.json"
+
+
+@dataclasses.dataclass
+class TrainResult:
+  state: Any
+  model: Transformer
+  mesh: Any
+  last_eval_loss: float | None
+
+
+def _check_model_dir(model_dir: str, cfg: ModelConfig):
+  """Refuses to resume a run whose saved model differs from the configured one."""
+  path = os.path.join(model_dir, MODEL_JSON)
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    saved = saved["model"]
+    if saved != dataclasses.asdict(cfg):
+      diff = {k: (saved.get(k), v) for k, v in dataclasses.asdict(cfg).items()
+              if saved.get(k) != v}
+      raise UserError(f"{model_dir} holds a different model (saved vs configured: {diff}); "
+                      "use a new --model_dir")
+
+
+@gin.configurable(denylist=["model_dir"])
+def train(model_dir: str, *, model_cfg: ModelConfig = gin.REQUIRED, input_cfg=gin.REQUIRED,
+          batches_fn: Callable = gin.REQUIRED, optimizer_cfg: OptimizerConfig = OptimizerConfig(),
+          loss_cfg: LossConfig = LossConfig(), steps: int = 1000, log_every: int = 50,
+          eval_every: int = 250, eval_steps: int = 20, checkpoint_every: int = 500,
+          keep_checkpoints: int = 3, mesh_shape=(-1, 1, 1), seed: int = 0,
+          grad_accum_steps: int = 1, peak_flops: float | None = None,
+          wandb_project: str | None = None, progress: bool = True) -> TrainResult:
+  """Trains (or resumes) the run in `model_dir` for `steps` optimizer steps.
+
+  batches_fn(input_cfg, split, start) returns an iterator of numpy batches of this process's
+  rows with a `.state` (batches read); input_cfg has .batch_size and .seq_len.
+  """
+  batch_size, seq_len = input_cfg.batch_size, input_cfg.seq_len
+  mesh = make_mesh(mesh_shape)
+  check_divisible(mesh, batch_size, model_cfg.num_heads, model_cfg.kv_heads)
+  if batch_size % grad_accum_steps:
+    raise UserError(f"BATCH_SIZE={batch_size} is not divisible by grad_accum_steps")
+  if model_cfg.positions == "learned" and seq_len > model_cfg.max_len:
+    raise UserError(f"SEQ_LEN={seq_len} exceeds the model's max_len={model_cfg.max_len}")
+  _check_model_dir(model_dir, model_cfg)
+  train_batches = batches_fn(input_cfg, "train")  # fails early on unknown tasks or bad data
+
+  model = Transformer(model_cfg)
+  tx = make_optimizer(optimizer_cfg, steps)
+  schedule = make_schedule(optimizer_cfg, steps)
+  rules = DEFAULT_RULES
+  with mesh, nn.logical_axis_rules(rules):
+    shardings = state_shardings(model, tx, mesh, seq_len, rules)
+    ckpt = checkpoints.Checkpointer(os.path.join(model_dir, "checkpoints"), checkpoint_every,
+                                    keep_checkpoints)
+    start = ckpt.latest_step()
+    if start is None:
+      state = create_state(model, tx, shardings, seq_len, seed)
+      start = 0
+    else:
+      abstract = jax.eval_shape(functools.partial(create_state, model, tx, shardings, seq_len,
+                                                  seed))
+      abstract = checkpoints.abstract_with_shardings(abstract, shardings)
+      try:
+        state, data_state = ckpt.restore(start, abstract)
+      except (ValueError, KeyError) as e:
+        raise UserError(f"cannot restore {model_dir} step {start} into this model: {e}")
+      train_batches.restore(data_state["batches"])
+    _write_run_files(model_dir, model_cfg, getattr(input_cfg, "task", None))
+    writer = MetricsWriter(model_dir, wandb_project, gin.operative_config_str())
+
+    step_fn = jax.jit(
+        functools.partial(train_step, model=model, tx=tx, loss_cfg=loss_cfg,
+                          grad_accum_steps=grad_accum_steps),
+        in_shardings=(shardings, batch_sharding(mesh)),
+        out_shardings=(shardings, NamedSharding(mesh, P())), donate_argnums=0)
+    eval_fn = jax.jit(functools.partial(eval_step, model=model),
+                      in_shardings=(shardings.params, batch_sharding(mesh)))
+
+    def evaluate():
+      totals = jnp.zeros(2)
+      for batch in _take(batches_fn(input_cfg, "validation"), eval_steps):
+        totals += jnp.stack(eval_fn(state.params, global_batch(mesh, batch)))
+      loss = float(totals[0] / totals[1])
+      return {"eval/loss": loss, "eval/perplexity": float(jnp.exp(loss))}
+
+    tokens_per_step = batch_size * seq_len
+    flops = flops_per_token(model_cfg, seq_len) * tokens_per_step
+    peak = peak_flops_per_device(peak_flops)
+    bar = tqdm(total=steps, initial=start, disable=not progress or jax.process_index() != 0,
+               dynamic_ncols=True, mininterval=1.0)
+    sums, window_start, window_steps, eval_loss = None, time.perf_counter(), 0, None
+    for step in range(start + 1, steps + 1):
+      state, metrics = step_fn(state, global_batch(mesh, next(train_batches)))
+      sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
+      window_steps += 1
+      if step % log_every == 0 or step == steps:
+        sums = jax.device_get(sums)
+        elapsed = time.perf_counter() - window_start
+        scalars = {"train/loss": sums["loss"] / window_steps,
+                   "train/grad_norm": sums["grad_norm"] / window_steps,
+                   "train/lr": float(schedule(step - 1)),
+                   "train/tokens_per_sec": window_steps * tokens_per_step / elapsed,
+                   "train/step_time_ms": 1000 * elapsed / window_steps}
+        if loss_cfg.z_loss:
+          scalars["train/z_loss"] = sums["z_loss"] / window_steps
+        if peak:
+          scalars["train/mfu"] = window_steps * flops / elapsed / (peak * jax.device_count())
+        writer.write(step, scalars)
+        bar.set_postfix(loss=f"{scalars['train/loss']:.4f}",
+                        tok_s=f"{scalars['train/tokens_per_sec']:.0f}", refresh=False)
+        sums, window_steps = None, 0
+      if (eval_every and step % eval_every == 0) or step == steps:
+        results = evaluate()
+        eval_loss = results["eval/loss"]
+        writer.write(step, results)
+        bar.write(f"step {step}: eval loss {eval_loss:.4f}")
+      if step % checkpoint_every == 0 or step == steps:
+        ckpt.save(step, state, {"batches": train_batches.state}, force=True)
+      if window_steps == 0:
+        window_start = time.perf_counter()  # evals and logging stay out of tokens/s
+      bar.update(1)
+    bar.close()
+    ckpt.wait()
+    ckpt.close()
+    writer.close()
+  return TrainResult(state=state, model=model, mesh=mesh, last_eval_loss=eval_loss)
+
+
+def _take(iterator, n):
+  for _ in range(n):
+    yield next(iterator)
+
+
+def _write_run_files(model_dir: str, cfg: ModelConfig, task: str):
+  """The operative config and the model description, written once the run is known good."""
+  if jax.process_index() != 0:
+    return
+  os.makedirs(model_dir, exist_ok=True)
+  with open(os.path.join(model_dir, MODEL_JSON), "w") as f:
+    json.dump({"model": dataclasses.asdict(cfg), "task": task}, f, indent=1)
+  with open(os.path.join(model_dir, "config.gin"), "w") as f:
+    f.write(gin.operative_config_str())
