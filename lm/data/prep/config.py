@@ -75,8 +75,8 @@ class DedupConfig:
   near: bool = True
   ngram: int = 3  # Word n-grams, taken within a line (line order is ignored).
   bands: int = 20
-  rows: int = 6
-  threshold: float = 0.7  # Estimated Jaccard a candidate pair must reach.
+  rows: int = 5
+  threshold: float = 0.6  # Estimated Jaccard a candidate pair must reach.
   seed: int = 1
   cc_rounds: int = 6  # Label-propagation rounds for connected components.
 

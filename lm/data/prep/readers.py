@@ -9,6 +9,7 @@ A document travels through the pipeline as a plain dict:
   reason: None while kept, else why it was removed (e.g. "decode_error").
 """
 
+import gzip
 import json
 import re
 from typing import Iterator, List, Sequence, Tuple
@@ -18,7 +19,7 @@ from apache_beam.io.filesystems import FileSystems
 from lm.data.prep.config import ReadConfig
 
 _JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz", ".ndjson")
-_BLANK_LINE = re.compile(rb"\n[ \t\r\f\v]*\n")
+_BLANK_LINE = re.compile(rb"\n(?:[ \t\r\f\v]*\n)+")
 
 
 class InputError(ValueError):
@@ -93,7 +94,9 @@ def read_file(file: Tuple[int, str, int], cfg: ReadConfig) -> Iterator[dict]:
   index, path, _ = file
   pos = 0
   try:
-    with FileSystems.open(path) as f:  # Decompresses .gz by extension.
+    # Python's gzip, unlike Beam's, raises on a truncated stream.
+    with FileSystems.open(path, compression_type="uncompressed") as raw, (
+        gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw) as f:
       if path.endswith(".txt"):
         yield from _read_txt(index, path, f.read(), cfg)
         return

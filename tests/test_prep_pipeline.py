@@ -1,0 +1,163 @@
+"""lm-prep end to end on corpora built here: dedup quality, determinism,
+bad inputs, the report, and the SeqIO task over the output."""
+
+import dataclasses
+import gzip
+import json
+import os
+
+import pytest
+
+from lm.cli import prep as cli
+from lm.data.prep import driver, synthetic
+from lm.data.prep.config import PrepConfig
+
+
+def read_dir(out):
+  """({id: record} kept, {id: reason} removed), checking ids are unique."""
+  kept, removed = {}, {}
+  for name in sorted(os.listdir(out)):
+    if name.startswith("data-"):
+      with gzip.open(os.path.join(out, name), "rt") as f:
+        for line in f:
+          r = json.loads(line)
+          assert r["id"] not in kept
+          kept[r["id"]] = r
+  for name in sorted(os.listdir(os.path.join(out, "removed"))):
+    with gzip.open(os.path.join(out, "removed", name), "rt") as f:
+      for line in f:
+        r = json.loads(line)
+        assert r["id"] not in removed
+        removed[r["id"]] = r["reason"]
+  return kept, removed
+
+
+def file_bytes(out):
+  return {os.path.join(d, n): open(os.path.join(out, d, n), "rb").read()
+          for d in ("", "removed") for n in os.listdir(os.path.join(out, d))
+          if n.endswith(".gz")}
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+  """2,300 documents of 100-300 words with planted duplicates, run 3 times."""
+  root = tmp_path_factory.mktemp("planted")
+  corpus = synthetic.make_corpus(2000, 100, 200, seed=1, words=(100, 300))
+  synthetic.write_jsonl(corpus.docs, str(root / "in"), 4)
+  cfg = PrepConfig(inputs=(str(root / "in" / "*.jsonl.gz"),),
+                   output_dir=str(root / "a"), num_shards=3)
+  report = driver.run(cfg, num_workers=1)
+  driver.run(dataclasses.replace(cfg, output_dir=str(root / "b")))
+  driver.run(dataclasses.replace(cfg, output_dir=str(root / "c")),
+             num_workers=2)
+  return corpus, report, root
+
+
+def test_near_duplicates_precision_and_recall(planted):
+  corpus, _, root = planted
+  _, removed = read_dir(root / "a")
+  flagged = {i for i, r in removed.items() if r.startswith("near_dup_of:")}
+  recall = len(flagged & set(corpus.near_of)) / len(corpus.near_of)
+  precision = len(flagged & set(corpus.near_of)) / len(flagged)
+  assert recall >= 0.95 and precision >= 0.95, (recall, precision)
+  for doc_id in flagged & set(corpus.near_of):
+    assert removed[doc_id] == f"near_dup_of:{corpus.near_of[doc_id]}"
+
+
+def test_exact_duplicates_all_found(planted):
+  corpus, _, root = planted
+  _, removed = read_dir(root / "a")
+  assert {i: removed.get(i) for i in corpus.exact_of} == {
+      i: f"exact_dup_of:{o}" for i, o in corpus.exact_of.items()}
+
+
+def test_every_document_kept_or_removed_exactly_once(planted):
+  corpus, report, root = planted
+  kept, removed = read_dir(root / "a")
+  assert not set(kept) & set(removed)
+  assert set(kept) | set(removed) == {i for i, _ in corpus.docs}
+  assert report["output"]["docs"] == len(kept)
+  assert sum(report["removals"].values()) == len(removed)
+  stages = {s["stage"]: s for s in report["stages"]}
+  assert stages["read"]["docs_in"] == len(corpus.docs)
+  assert stages["near_dedup"]["docs_out"] == len(kept)
+  assert report["near_dedup_unconverged"] == 0
+
+
+def test_output_is_identical_across_runs_and_worker_counts(planted):
+  _, _, root = planted
+  a = file_bytes(root / "a")
+  assert len(a) == 6  # 3 shards of kept + 3 of removed documents.
+  assert a == file_bytes(root / "b")
+  assert a == file_bytes(root / "c")
+
+
+def test_report_files(planted):
+  _, report, root = planted
+  for name in ("report.json", "report.md", "length_histogram.png",
+               "removals.png"):
+    assert os.path.getsize(root / "a" / name) > 0
+  md = (root / "a" / "report.md").read_text()
+  assert "| near_dedup | 2,200 |" in md
+  before = report["audit"]["before"]
+  assert before["docs"] == 2300 and before["attributes"]["male"] > 0
+  assert sum(report["length_histogram"]["after"]) == report["output"]["docs"]
+
+
+def test_bad_inputs_are_recorded_not_fatal(tmp_path):
+  d = tmp_path / "in"
+  d.mkdir()
+  good = synthetic.make_corpus(3, 0, 0, seed=2).docs
+  (d / "bad.txt").write_bytes(good[0][1].encode() + b"\xff\xfe")
+  (d / "empty.txt").write_bytes(b"")
+  (d / "empty.jsonl").write_bytes(b"")
+  huge = " ".join(["word"] * 2_000_000)  # One 10 MB line.
+  (d / "docs.jsonl").write_text("\n".join(
+      json.dumps({"id": i, "text": t}) for i, t in good[1:] + [("huge", huge)]
+  ) + "\n{broken json\n")
+  report = driver.run(PrepConfig(inputs=(f"{d}/*",), output_dir=str(
+      tmp_path / "out")))
+  kept, removed = read_dir(tmp_path / "out")
+  assert sorted(kept) == sorted(i for i, _ in good[1:])
+  assert removed == {f"{d}/bad.txt#0": "decode_error",
+                     f"{d}/empty.txt#0": "empty",
+                     "huge": "quality:word_count",
+                     f"{d}/docs.jsonl#3": "parse_error"}
+  assert report["removals"]["decode_error"] == 1
+
+
+def _cli(capsys, *args):
+  code = cli.main(list(args))
+  err = capsys.readouterr().err.strip().splitlines()
+  return code, err
+
+
+def test_cli_user_errors_give_one_line_and_no_output(tmp_path, capsys):
+  code, err = _cli(capsys, "--input", f"{tmp_path}/nothing/*.jsonl",
+                   "--output_dir", f"{tmp_path}/out")
+  assert code == 2 and err[-1].startswith("lm-prep: error: no file matches")
+  (tmp_path / "a.txt").write_text("some text")
+  (tmp_path / "file").write_text("")
+  code, err = _cli(capsys, "--input", f"{tmp_path}/a.txt",
+                   "--output_dir", f"{tmp_path}/file/out")
+  assert code == 2 and err[-1].startswith("lm-prep: error: cannot create")
+  (tmp_path / "exists").mkdir()
+  code, err = _cli(capsys, "--input", f"{tmp_path}/a.txt",
+                   "--output_dir", f"{tmp_path}/exists")
+  assert code == 2 and "already exists" in err[-1]
+  assert sorted(os.listdir(tmp_path)) == ["a.txt", "exists", "file"]
+
+
+def test_failure_midway_leaves_no_directory(tmp_path, monkeypatch):
+  from lm.data.prep import pipeline
+
+  def explode(self, item):
+    raise RuntimeError("disk on fire")
+    yield
+
+  monkeypatch.setattr(pipeline.WriteShard, "process", explode)
+  (tmp_path / "a.txt").write_text("some text")
+  with pytest.raises(Exception, match="disk on fire"):
+    driver.run(PrepConfig(inputs=(f"{tmp_path}/a.txt",),
+                          output_dir=str(tmp_path / "out")))
+  assert os.listdir(tmp_path) == ["a.txt"]
