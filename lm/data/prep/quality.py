@@ -18,6 +18,7 @@ _PUNCT = string.punctuation + "…“”‘’«»–—•·"
 _BULLETS = ("•", "-", "*", "‣", "●", "◦", "▪", "–")
 _ELLIPSES = ("...", "…")
 _PARAGRAPH = re.compile(r"\n\s*\n")
+_WITH_LETTER = re.compile(r"\S*[^\W\d_]\S*")  # A token with a letter in it.
 # Odd 64-bit multipliers of a polynomial n-gram hash (wraps mod 2**64).
 _MULT = np.random.default_rng(0).integers(
     1, 2**63, size=16, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
@@ -88,8 +89,7 @@ def quality_reason(text: str, cfg: QualityConfig) -> Optional[str]:
   if sum(l.rstrip().endswith(_ELLIPSES) for l in lines
          ) / len(lines) > cfg.max_ellipsis_lines:
     return "ellipsis_lines"
-  if sum(any(c.isalpha() for c in t) for t in tokens
-         ) / len(tokens) < cfg.min_alpha_words:
+  if len(_WITH_LETTER.findall(text)) / len(tokens) < cfg.min_alpha_words:
     return "alpha_words"
   lower = [w.lower() for w in words]
   if len(set(cfg.stop_words).intersection(lower)) < cfg.min_stop_words:
