@@ -93,7 +93,8 @@ def near_copy(rng: random.Random, text: str, vocab: List[str],
 
 def make_corpus(num_distinct: int, num_exact: int, num_near: int,
                 seed: int = 0, words: Tuple[int, int] = (100, 400),
-                edit_range: Tuple[float, float] = (0.01, 0.05)) -> Corpus:
+                edit_range: Tuple[float, float] = (0.01, 0.05),
+                shuffle_all_prob: float = 0.5) -> Corpus:
   """Distinct documents, then exact and near copies of random originals."""
   rng = random.Random(seed)
   vocab = _vocabulary(rng, 20000)
@@ -108,7 +109,7 @@ def make_corpus(num_distinct: int, num_exact: int, num_near: int,
     orig_id, text = docs[rng.randrange(num_distinct)]
     near_of[f"near{i:07d}"] = orig_id
     docs.append((f"near{i:07d}", near_copy(
-        rng, text, vocab, rng.uniform(*edit_range), rng.random() < 0.5)))
+        rng, text, vocab, rng.uniform(*edit_range), rng.random() < shuffle_all_prob)))
   return Corpus(docs, exact_of, near_of)
 
 
