@@ -57,6 +57,11 @@ def make_mesh(shape: Sequence[int] = (-1, 1, 1), devices=None) -> Mesh:
   return jax.make_mesh(tuple(shape), MESH_AXES, devices=devices, **_auto_axis_types(3))
 
 
+def use_mesh(mesh: Mesh):
+  """Context in which activation constraints (by logical name) resolve against `mesh`."""
+  return jax.set_mesh(mesh)
+
+
 def logical_sharding(mesh: Mesh, logical_specs, rules=DEFAULT_RULES):
   """Maps a pytree of logical PartitionSpecs to NamedShardings on `mesh`."""
   return nn.logical_to_mesh_sharding(logical_specs, mesh, rules)

@@ -4,7 +4,6 @@ Params are their own item so `lm.load` reads weights without the optimizer state
 writes each step into a temporary directory and renames it when complete, so a step that a
 crash left half-written is never listed, let alone restored.
 """
-import jax
 import orbax.checkpoint as ocp
 
 
@@ -52,8 +51,3 @@ def restore_params(directory: str, step: int | None = None, abstract_params=None
     args = ocp.args.StandardRestore(abstract_params)
     return manager.restore(step, args=ocp.args.Composite(params=args)).params
 
-
-def abstract_with_shardings(tree, shardings):
-  """ShapeDtypeStructs that tell Orbax where each restored array goes."""
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                      tree, shardings)

@@ -16,11 +16,12 @@ from tqdm import tqdm
 from lm.errors import UserError
 from lm.models.config import ModelConfig, flops_per_token
 from lm.models.transformer import Transformer
-from lm.sharding import DEFAULT_RULES, batch_sharding, check_divisible, global_batch, make_mesh
+from lm.sharding import (DEFAULT_RULES, batch_sharding, check_divisible, global_batch, make_mesh,
+                         use_mesh)
 from lm.training import checkpoints
 from lm.training.metrics import MetricsWriter, peak_flops_per_device
 from lm.training.optimizers import OptimizerConfig, make_optimizer, make_schedule
-from lm.training.state import create_state, state_shardings
+from lm.training.state import abstract_state, create_state, state_shardings
 from lm.training.step import LossConfig, eval_step, train_step
 
 MODEL_JSON = "model.json"
@@ -75,7 +76,7 @@ def train(model_dir: str, *, model_cfg: ModelConfig = gin.REQUIRED, input_cfg=gi
   tx = make_optimizer(optimizer_cfg, steps)
   schedule = make_schedule(optimizer_cfg, steps)
   rules = DEFAULT_RULES
-  with mesh, nn.logical_axis_rules(rules):
+  with use_mesh(mesh), nn.logical_axis_rules(rules):
     shardings = state_shardings(model, tx, mesh, seq_len, rules)
     ckpt = checkpoints.Checkpointer(os.path.join(model_dir, "checkpoints"), checkpoint_every,
                                     keep_checkpoints)
@@ -84,9 +85,7 @@ def train(model_dir: str, *, model_cfg: ModelConfig = gin.REQUIRED, input_cfg=gi
       state = create_state(model, tx, shardings, seq_len, seed)
       start = 0
     else:
-      abstract = jax.eval_shape(functools.partial(create_state, model, tx, shardings, seq_len,
-                                                  seed))
-      abstract = checkpoints.abstract_with_shardings(abstract, shardings)
+      abstract = abstract_state(model, tx, shardings, seq_len)
       try:
         state, data_state = ckpt.restore(start, abstract)
       except (ValueError, KeyError) as e:

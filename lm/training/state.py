@@ -20,7 +20,13 @@ def param_shardings(model: nn.Module, mesh: Mesh, seq_len: int, rules=DEFAULT_RU
   boxed = jax.eval_shape(functools.partial(_init_params, model, seq_len=seq_len),
                          jax.random.PRNGKey(0))
   shardings = logical_sharding(mesh, nn.get_partition_spec(boxed), rules)
-  return nn.meta.unbox(boxed), shardings
+  return _strip_boxes(boxed), shardings
+
+
+def _strip_boxes(tree):
+  """Drops the axis-name boxes without applying sharding constraints (shapes only here)."""
+  is_box = lambda x: isinstance(x, nn.Partitioned)
+  return jax.tree.map(lambda x: x.value if is_box(x) else x, tree, is_leaf=is_box)
 
 
 def state_shardings(model, tx, mesh: Mesh, seq_len: int, rules=DEFAULT_RULES):
@@ -45,3 +51,10 @@ def create_state(model, tx, shardings: TrainState, seq_len: int, seed: int) -> T
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                       rng=state_rng)
   return jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(seed))
+
+
+def abstract_state(model, tx, shardings: TrainState, seq_len: int) -> TrainState:
+  """The state's shapes and dtypes, each carrying its target sharding (what a restore needs)."""
+  shapes = jax.eval_shape(functools.partial(create_state, model, tx, shardings, seq_len, 0))
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      shapes, shardings)

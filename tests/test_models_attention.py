@@ -1,0 +1,96 @@
+"""Attention: both backends agree on every mask type; masks hide exactly what they should."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lm.models.attention import Attention, dot_product_attention, make_mask
+from lm.models.config import ModelConfig
+from lm.models.positions import alibi_bias, alibi_slopes, rope
+
+B, L, H, G, K = 2, 16, 4, 2, 8
+POS_BL = jnp.broadcast_to(jnp.arange(L), (B, L))
+# Two packed sequences per row: positions restart at the segment boundary.
+SEG_BL = jnp.asarray([[1] * 10 + [2] * 6, [1] * 16])
+PACKED_POS_BL = jnp.asarray([list(range(10)) + list(range(6)), list(range(16))])
+
+MASKS = {
+    "causal": lambda: make_mask(POS_BL, POS_BL),
+    "segment": lambda: make_mask(PACKED_POS_BL, PACKED_POS_BL, SEG_BL, SEG_BL),
+    "window": lambda: make_mask(POS_BL, POS_BL, window=3),
+    "sparse": lambda: make_mask(POS_BL, POS_BL, sparse_block=4, sparse_summary=1,
+                                sparse_global=1),
+    "window_segment": lambda: make_mask(PACKED_POS_BL, PACKED_POS_BL, SEG_BL, SEG_BL, window=4),
+}
+
+
+@pytest.mark.parametrize("mask_name", sorted(MASKS))
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_backends_agree(mask_name, with_bias):
+  kq, kk, kv = jax.random.split(jax.random.PRNGKey(0), 3)
+  q = jax.random.normal(kq, (B, L, H, K))
+  k = jax.random.normal(kk, (B, L, G, K))
+  v = jax.random.normal(kv, (B, L, G, K))
+  bias = alibi_bias(POS_BL, POS_BL, H) if with_bias else None
+  mask = MASKS[mask_name]()
+  ref = dot_product_attention(q, k, v, mask, "jnp", bias_BHLS=bias)
+  xla = dot_product_attention(q, k, v, mask, "xla", bias_BHLS=bias)
+  np.testing.assert_allclose(ref, xla, atol=1e-5)
+
+
+def _visible(i, j, window=None, block=None, summary=0, global_tokens=0):
+  """The intended patterns, written independently of make_mask."""
+  if j > i or (window is not None and i - j >= window):
+    return False
+  if block is not None:
+    return i // block == j // block or j % block >= block - summary or j < global_tokens
+  return True
+
+
+@pytest.mark.parametrize("backend", ["jnp", "xla"])
+@pytest.mark.parametrize("switches, pattern", [
+    (dict(attention_window=3), dict(window=3)),
+    (dict(sparse_block_size=4, sparse_summary_tokens=1, sparse_global_tokens=1),
+     dict(block=4, summary=1, global_tokens=1)),
+])
+def test_hidden_positions_get_exactly_zero_gradient(backend, switches, pattern):
+  cfg = ModelConfig(d_model=16, num_heads=2, num_layers=1, positions="rope",
+                    attention_backend=backend, **switches)
+  attn = Attention(cfg)
+  x = jax.random.normal(jax.random.PRNGKey(0), (1, L, 16))
+  pos = POS_BL[:1]
+  params = attn.init(jax.random.PRNGKey(1), x, pos, None)
+
+  def out_at(x, i):
+    return jnp.sum(attn.apply(params, x, pos, None)[0, i])
+
+  for i in (5, 11, 15):
+    grad_L = jnp.abs(jax.grad(out_at)(x, i)[0]).sum(-1)
+    for j in range(L):
+      if _visible(i, j, **pattern):
+        assert grad_L[j] > 0, (i, j)
+      else:
+        assert grad_L[j] == 0.0, (i, j)
+
+
+def test_rope_layouts_are_a_permutation_of_each_other():
+  """interleaved(x) == unpermute(half(permute(x))): the permutation HF's Llama converter applies
+  to Meta's weights. Dims (0, 1, 2, 3, ...) in pairs become (0, 2, ...| 1, 3, ...)."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (B, L, H, K))
+  inv_freq = np.asarray([1.0, 0.1, 0.01, 0.001], np.float32)
+  perm = np.concatenate([np.arange(0, K, 2), np.arange(1, K, 2)])
+  half = rope(x[..., perm], POS_BL, inv_freq, "half")
+  inter = rope(x, POS_BL, inv_freq, "interleaved")
+  np.testing.assert_allclose(inter[..., perm], half, atol=1e-6)
+
+
+def test_partial_rotary_leaves_the_rest_untouched():
+  x = jax.random.normal(jax.random.PRNGKey(0), (B, L, H, K))
+  out = rope(x, POS_BL, np.asarray([1.0, 0.1], np.float32), "half")
+  np.testing.assert_array_equal(out[..., 4:], x[..., 4:])
+  assert not np.allclose(out[..., :4], x[..., :4])
+
+
+def test_alibi_slopes():
+  np.testing.assert_allclose(alibi_slopes(8), 2.0 ** -np.arange(1, 9))
+  assert alibi_slopes(6).shape == (6,)
