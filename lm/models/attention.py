@@ -8,42 +8,63 @@ import jax
 import jax.numpy as jnp
 
 from lm.models.config import ModelConfig
-from lm.models.layers import DenseGeneral, constrain
-from lm.models.positions import rope
+from lm.models.layers import DenseGeneral, Norm, constrain
+from lm.models.positions import RelativeBias, alibi_bias, rope, rope_frequencies
 
 
-def make_mask(q_pos_BL, k_pos_BS, q_seg_BL=None, k_seg_BS=None, window: int | None = None):
-  """Boolean [B, 1, L, S] mask: causal, within one packed segment, optionally local."""
+def make_mask(q_pos_BL, k_pos_BS, q_seg_BL=None, k_seg_BS=None, window: int | None = None,
+              sparse_block: int | None = None, sparse_summary: int = 1, sparse_global: int = 0):
+  """Boolean [B, 1, L, S] mask: causal, within one packed segment, optionally local.
+
+  window: a query sees only its last `window` keys (itself included).
+  sparse_block: the fixed block-sparse pattern of Child et al. (2019): a query sees the keys
+  of its own block, the last `sparse_summary` keys of every earlier block (a strided pattern)
+  and the first `sparse_global` keys of the sequence.
+  """
   q, k = q_pos_BL[:, :, None], k_pos_BS[:, None, :]
   mask_BLS = k <= q
   if window is not None:
     mask_BLS &= q - k < window
+  if sparse_block is not None:
+    b = sparse_block
+    mask_BLS &= (q // b == k // b) | (k % b >= b - sparse_summary) | (k < sparse_global)
   if q_seg_BL is not None:
     mask_BLS &= q_seg_BL[:, :, None] == k_seg_BS[:, None, :]
   return mask_BLS[:, None]
 
 
-def dot_product_attention(q_BLHK, k_BSGK, v_BSGK, mask_B1LS, backend: str = "jnp"):
-  """softmax(q k^T / sqrt(K) + mask) v; G key/value heads are shared by H/G query heads.
+def dot_product_attention(q_BLHK, k_BSGK, v_BSGK, mask_B1LS, backend: str = "jnp", *,
+                          bias_BHLS=None, softcap: float | None = None,
+                          dropout_rate: float = 0.0, dropout_rng=None):
+  """softmax(cap(q k^T / sqrt(K)) + bias + mask) v; G key/value heads serve H/G query heads.
 
   `jnp` is the readable reference; `xla` calls `jax.nn.dot_product_attention`, which picks
-  cuDNN flash attention on GPUs that support it.
+  cuDNN flash attention on GPUs that support it (no soft-capping or dropout there).
+  softcap: Gemma 2's cap * tanh(scores / cap). dropout_rng: drops attention probabilities.
   """
   if backend == "xla":
-    return jax.nn.dot_product_attention(q_BLHK, k_BSGK, v_BSGK, mask=mask_B1LS)
+    return jax.nn.dot_product_attention(q_BLHK, k_BSGK, v_BSGK, bias=bias_BHLS, mask=mask_B1LS)
   b, l, h, k = q_BLHK.shape
   g = k_BSGK.shape[2]
   q_BLGRK = q_BLHK.reshape(b, l, g, h // g, k) * (k ** -0.5)
   scores_BGRLS = jnp.einsum("blgrk,bsgk->bgrls", q_BLGRK, k_BSGK).astype(jnp.float32)
+  if softcap is not None:
+    scores_BGRLS = softcap * jnp.tanh(scores_BGRLS / softcap)
+  if bias_BHLS is not None:
+    scores_BGRLS += bias_BHLS.reshape((bias_BHLS.shape[0], g, h // g) + bias_BHLS.shape[2:])
   scores_BGRLS = jnp.where(mask_B1LS[:, :, None], scores_BGRLS, jnp.finfo(jnp.float32).min)
   probs_BGRLS = jax.nn.softmax(scores_BGRLS, axis=-1).astype(v_BSGK.dtype)
+  if dropout_rng is not None and dropout_rate > 0:
+    keep = jax.random.bernoulli(dropout_rng, 1 - dropout_rate, probs_BGRLS.shape)
+    probs_BGRLS = jnp.where(keep, probs_BGRLS / (1 - dropout_rate), 0).astype(v_BSGK.dtype)
   out_BLGRK = jnp.einsum("bgrls,bsgk->blgrk", probs_BGRLS, v_BSGK)
   return out_BLGRK.reshape(b, l, h, k)
 
 
 class Attention(nn.Module):
-  """Self-attention block: projections, optional RoPE, masked attention, output projection."""
+  """Self-attention block: projections, optional qk-norm and RoPE, masked attention, output."""
   cfg: ModelConfig
+  deterministic: bool = True
 
   @nn.compact
   def __call__(self, x_BLD, positions_BL, segment_ids_BL):
@@ -52,14 +73,31 @@ class Attention(nn.Module):
     q_BLHK = DenseGeneral((d,), (h, k), ("embed", "heads", "head_dim"), cfg, name="query")(x_BLD)
     k_BLGK = DenseGeneral((d,), (g, k), ("embed", "kv_heads", "head_dim"), cfg, name="key")(x_BLD)
     v_BLGK = DenseGeneral((d,), (g, k), ("embed", "kv_heads", "head_dim"), cfg, name="value")(x_BLD)
+    if cfg.qk_norm:
+      q_BLHK = Norm(cfg, axis_name="head_dim", name="q_norm")(q_BLHK)
+      k_BLGK = Norm(cfg, axis_name="head_dim", name="k_norm")(k_BLGK)
     if cfg.positions == "rope":
-      q_BLHK = rope(q_BLHK, positions_BL, cfg.rope_theta)
-      k_BLGK = rope(k_BLGK, positions_BL, cfg.rope_theta)
+      inv_freq = rope_frequencies(cfg)
+      q_BLHK = rope(q_BLHK, positions_BL, inv_freq, cfg.rope_layout)
+      k_BLGK = rope(k_BLGK, positions_BL, inv_freq, cfg.rope_layout)
     q_BLHK = constrain(q_BLHK, ("batch", "length", "heads", "head_dim"))
     k_BLGK = constrain(k_BLGK, ("batch", "length", "kv_heads", "head_dim"))
     v_BLGK = constrain(v_BLGK, ("batch", "length", "kv_heads", "head_dim"))
-    mask = make_mask(positions_BL, positions_BL, segment_ids_BL, segment_ids_BL)
-    out_BLHK = dot_product_attention(q_BLHK, k_BLGK, v_BLGK, mask, cfg.attention_backend)
-    out_std = cfg.init_std / (2 * cfg.num_layers) ** 0.5
-    return DenseGeneral((h, k), (d,), ("heads", "head_dim", "embed"), cfg, init_std=out_std,
-                        name="out")(out_BLHK)
+    mask = make_mask(positions_BL, positions_BL, segment_ids_BL, segment_ids_BL,
+                     window=cfg.attention_window, sparse_block=cfg.sparse_block_size,
+                     sparse_summary=cfg.sparse_summary_tokens,
+                     sparse_global=cfg.sparse_global_tokens)
+    bias_BHLS = None  # built only when used: the default path adds nothing to the scores
+    if cfg.positions == "alibi":
+      bias_BHLS = alibi_bias(positions_BL, positions_BL, h)
+    elif cfg.positions == "relative":
+      bias_BHLS = RelativeBias(cfg, name="rel_bias")(positions_BL, positions_BL)
+    dropout_rng = None
+    if cfg.attention_dropout_rate > 0 and not self.deterministic:
+      dropout_rng = self.make_rng("dropout")
+    out_BLHK = dot_product_attention(q_BLHK, k_BLGK, v_BLGK, mask, cfg.attention_backend,
+                                     bias_BHLS=bias_BHLS, softcap=cfg.attn_logit_softcap,
+                                     dropout_rate=cfg.attention_dropout_rate,
+                                     dropout_rng=dropout_rng)
+    return DenseGeneral((h, k), (d,), ("heads", "head_dim", "embed"), cfg,
+                        init_std=cfg.residual_init_std, name="out")(out_BLHK)

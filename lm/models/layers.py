@@ -63,12 +63,13 @@ def _prod(shape):
 class Norm(nn.Module):
   """LayerNorm or RMSNorm over the last axis, computed in float32."""
   cfg: ModelConfig
+  axis_name: str = "embed"  # logical name of the normalized axis ("head_dim" for qk-norm)
 
   @nn.compact
   def __call__(self, x):
     cfg = self.cfg
     d = x.shape[-1]
-    scale = param_with_axes(self, "scale", nn.initializers.ones, (d,), ("embed",),
+    scale = param_with_axes(self, "scale", nn.initializers.ones, (d,), (self.axis_name,),
                             cfg.weight_dtype)
     x32 = x.astype(jnp.float32)
     if cfg.norm == "layernorm":
@@ -76,7 +77,7 @@ class Norm(nn.Module):
     y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + cfg.norm_eps)
     y = y * scale.astype(jnp.float32)
     if cfg.norm == "layernorm" and cfg.use_bias:
-      y = y + param_with_axes(self, "bias", nn.initializers.zeros, (d,), ("embed",),
+      y = y + param_with_axes(self, "bias", nn.initializers.zeros, (d,), (self.axis_name,),
                               cfg.weight_dtype).astype(jnp.float32)
     return y.astype(cfg.compute_dtype)
 
@@ -104,8 +105,8 @@ class Mlp(nn.Module):
     if cfg.gated:
       h_BLF = h_BLF * DenseGeneral((d,), (f,), ("embed", "mlp"), cfg, name="wi_gate")(x_BLD)
     h_BLF = constrain(h_BLF, ("batch", "length", "mlp"))
-    out_std = cfg.init_std / (2 * cfg.num_layers) ** 0.5  # GPT-2's scaled residual init
-    return DenseGeneral((f,), (d,), ("mlp", "embed"), cfg, init_std=out_std, name="wo")(h_BLF)
+    return DenseGeneral((f,), (d,), ("mlp", "embed"), cfg, init_std=cfg.residual_init_std,
+                        name="wo")(h_BLF)
 
 
 class Embed(nn.Module):

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 from lm.models.attention import Attention
 from lm.models.config import ModelConfig
 from lm.models.layers import DenseGeneral, Embed, Mlp, Norm, constrain
-from lm.models.positions import LearnedPositions
+from lm.models.positions import LearnedPositions, sinusoidal
 
 _REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -15,7 +15,12 @@ _REMAT_POLICIES = {
 
 
 class Block(nn.Module):
-  """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+  """Residual block, by cfg.block and cfg.norm_position:
+
+  sequential pre-norm (GPT-2, Llama): x += attn(ln_attn(x)); x += mlp(ln_mlp(x))
+  sequential post-norm (2017 Transformer): x = ln_attn(x + attn(x)); x = ln_mlp(x + mlp(x))
+  parallel (GPT-J, GPT-NeoX): x += attn(ln_attn(x)) + mlp(ln_mlp(x))
+  """
   cfg: ModelConfig
   deterministic: bool = True
 
@@ -23,11 +28,19 @@ class Block(nn.Module):
   def __call__(self, x_BLD, positions_BL, segment_ids_BL):
     cfg = self.cfg
     drop = lambda y: nn.Dropout(cfg.dropout_rate)(y, deterministic=self.deterministic)
-    h_BLD = Attention(cfg, name="attn")(Norm(cfg, name="ln_attn")(x_BLD), positions_BL,
-                                        segment_ids_BL)
-    x_BLD = constrain(x_BLD + drop(h_BLD), ("batch", "length", "embed"))
-    h_BLD = Mlp(cfg, name="mlp")(Norm(cfg, name="ln_mlp")(x_BLD))
-    return constrain(x_BLD + drop(h_BLD), ("batch", "length", "embed"))
+    attn = lambda y: Attention(cfg, self.deterministic, name="attn")(y, positions_BL,
+                                                                     segment_ids_BL)
+    mlp = Mlp(cfg, name="mlp")
+    ln_attn, ln_mlp = Norm(cfg, name="ln_attn"), Norm(cfg, name="ln_mlp")
+    if cfg.block == "parallel":
+      x_BLD = x_BLD + drop(attn(ln_attn(x_BLD))) + drop(mlp(ln_mlp(x_BLD)))
+    elif cfg.norm_position == "post":
+      x_BLD = ln_attn(x_BLD + drop(attn(x_BLD)))
+      x_BLD = ln_mlp(constrain(x_BLD, ("batch", "length", "embed")) + drop(mlp(x_BLD)))
+    else:
+      x_BLD = constrain(x_BLD + drop(attn(ln_attn(x_BLD))), ("batch", "length", "embed"))
+      x_BLD = x_BLD + drop(mlp(ln_mlp(x_BLD)))
+    return constrain(x_BLD, ("batch", "length", "embed"))
 
 
 class _ScanBlock(Block):
@@ -55,6 +68,8 @@ class Transformer(nn.Module):
     x_BLD = embed(tokens_BL)
     if cfg.positions == "learned":
       x_BLD = x_BLD + LearnedPositions(cfg, name="pos_embed")(positions_BL)
+    elif cfg.positions == "sinusoidal":
+      x_BLD = x_BLD + sinusoidal(positions_BL, cfg.d_model, cfg.compute_dtype)
     x_BLD = nn.Dropout(cfg.dropout_rate)(x_BLD, deterministic=deterministic)
     x_BLD = constrain(x_BLD, ("batch", "length", "embed"))
 
@@ -71,7 +86,8 @@ class Transformer(nn.Module):
         x_BLD = block(cfg, deterministic, name=f"layer_{i}")(x_BLD, positions_BL,
                                                              segment_ids_BL)
 
-    x_BLD = Norm(cfg, name="ln_final")(x_BLD)
+    if cfg.norm_position == "pre":  # post-norm blocks already end in a norm
+      x_BLD = Norm(cfg, name="ln_final")(x_BLD)
     if cfg.tie_embeddings:
       logits_BLV = embed.attend(x_BLD)
     else:
