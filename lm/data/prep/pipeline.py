@@ -106,7 +106,7 @@ class ProcessDoc(beam.DoFn):
   @staticmethod
   def _scrub(text, stats):
     text, counts = pii.scrub_pii(text)
-    stats.update({f"pii/{k}": v for k, v in counts.items()})
+    stats.update({f"pii_replaced/{k}": v for k, v in counts.items()})
     return text, None
 
   def process(self, doc):

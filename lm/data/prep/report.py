@@ -47,7 +47,7 @@ def build_report(stats: dict, cfg: PrepConfig, files, wall_seconds: float,
                     for f in _FIELDS}},
       "stages": stages,
       "removals": {k: int(v) for k, v in _prefixed(stats, "removed").items()},
-      "pii_replaced": {k: int(v) for k, v in _prefixed(stats, "pii").items()},
+      "pii_replaced": {k: int(v) for k, v in _prefixed(stats, "pii_replaced").items()},
       "clean_lines": {k: int(v) for k, v in
                       _prefixed(stats, "clean_lines").items()},
       "near_dedup_unconverged": int(stats.get("near_dedup/cc_unconverged", 0)),
