@@ -112,3 +112,23 @@ def test_read_truncated_gzip_is_a_recorded_error(tmp_path):
   docs = list(read_file(_write(tmp_path / "t.jsonl.gz", data[:len(data) // 2]),
                         ReadConfig()))
   assert docs[-1]["reason"] == "read_error"
+
+
+def test_decontamination_matches_13_grams(tmp_path):
+  from lm.data.prep import decontam
+  question = ("which river flows through the ancient city of babylon in the "
+              "land between the two rivers")
+  (tmp_path / "eval.txt").write_text(question + "\n")
+  grams = decontam.load_eval_ngrams([str(tmp_path / "eval.txt")], 13)
+  leaked = "Trivia night! " + question.upper() + "? Nobody knew."
+  assert decontam.contaminated(leaked, grams, 13) == "decontam"
+  twelve = " ".join(question.split()[:12])
+  assert decontam.contaminated(twelve + " and more", grams, 13) is None
+
+
+def test_language_filter_uses_bundled_model():
+  from lm.data.prep.quality import language_reason
+  assert language_reason("The quick brown fox jumps over the lazy dog and "
+                         "keeps running into the forest.", ("en",)) is None
+  assert language_reason("Der schnelle braune Fuchs springt über den faulen "
+                         "Hund und läuft in den Wald.", ("en",)) == "language:de"
