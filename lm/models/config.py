@@ -75,7 +75,8 @@ class ModelConfig:
         (self.rope_scaling in ("none", "llama3"), f"unknown rope_scaling {self.rope_scaling!r}"),
         (0 < self.rotary_dims <= self.dim_per_head and self.rotary_dims % 2 == 0,
          f"rotary_dim={self.rotary_dim} must be even and at most head_dim={self.dim_per_head}"),
-        (self.attention_window is None or self.attention_window > 0, "attention_window must be > 0"),
+        (self.attention_window is None or self.attention_window > 0,
+         "attention_window must be > 0"),
         (self.sparse_block_size is None
          or 0 <= self.sparse_summary_tokens <= self.sparse_block_size,
          "sparse_summary_tokens must be in [0, sparse_block_size]"),

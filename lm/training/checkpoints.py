@@ -51,3 +51,11 @@ def restore_params(directory: str, step: int | None = None, abstract_params=None
     args = ocp.args.StandardRestore(abstract_params)
     return manager.restore(step, args=ocp.args.Composite(params=args)).params
 
+
+
+def save_params(directory: str, params, step: int = 0):
+  """Writes params alone as checkpoint `step` (e.g. imported weights; restore_params reads it)."""
+  options = ocp.CheckpointManagerOptions(create=True)
+  with ocp.CheckpointManager(directory, options=options, item_names=("params",)) as manager:
+    manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)))
+    manager.wait_until_finished()

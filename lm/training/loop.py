@@ -56,8 +56,12 @@ def train(model_dir: str, *, model_cfg: ModelConfig = gin.REQUIRED, input_cfg=gi
           eval_every: int = 250, eval_steps: int = 20, checkpoint_every: int = 500,
           keep_checkpoints: int = 3, mesh_shape=(-1, 1, 1), seed: int = 0,
           grad_accum_steps: int = 1, peak_flops: float | None = None,
-          wandb_project: str | None = None, progress: bool = True) -> TrainResult:
+          wandb_project: str | None = None, progress: bool = True,
+          init_from: str | None = None) -> TrainResult:
   """Trains (or resumes) the run in `model_dir` for `steps` optimizer steps.
+
+  init_from: another model dir (e.g. from `lm-convert import-hf`) whose latest params start a
+  new run (fine-tuning); ignored when model_dir already has a checkpoint to resume.
 
   batches_fn(input_cfg, split, start) returns an iterator of numpy batches of this process's
   rows with a `.state` (batches read); input_cfg has .batch_size and .seq_len.
@@ -83,6 +87,8 @@ def train(model_dir: str, *, model_cfg: ModelConfig = gin.REQUIRED, input_cfg=gi
     start = ckpt.latest_step()
     if start is None:
       state = create_state(model, tx, shardings, seq_len, seed)
+      if init_from:
+        state = state.replace(params=_params_from(init_from, state.params, shardings.params))
       start = 0
     else:
       abstract = abstract_state(model, tx, shardings, seq_len)
@@ -150,6 +156,17 @@ def train(model_dir: str, *, model_cfg: ModelConfig = gin.REQUIRED, input_cfg=gi
     ckpt.close()
     writer.close()
   return TrainResult(state=state, model=model, mesh=mesh, last_eval_loss=eval_loss)
+
+
+def _params_from(model_dir: str, params, shardings):
+  """The latest params of another run directory, restored onto `params`' shapes and shardings."""
+  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          params, shardings)
+  try:
+    return checkpoints.restore_params(os.path.join(model_dir, "checkpoints"),
+                                      abstract_params=abstract)
+  except (FileNotFoundError, ValueError, KeyError) as e:
+    raise UserError(f"cannot initialize from {model_dir}: {e}") from None
 
 
 def _take(iterator, n):

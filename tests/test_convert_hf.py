@@ -1,0 +1,176 @@
+"""HF interop: import / export of GPT-2 and Llama checkpoints proven by logits parity (offline).
+
+Random-weight transformers models are built from small configs, saved as safetensors,
+imported, and their logits compared with lm's (max abs diff <= 1e-4 in float32).
+"""
+import dataclasses
+import json
+import os
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+transformers = pytest.importorskip("transformers")
+torch = pytest.importorskip("torch")
+
+from lm.api import load  # noqa: E402
+from lm.cli import convert  # noqa: E402
+from lm.convert import hf_dirs  # noqa: E402
+from lm.errors import UserError  # noqa: E402
+from lm.models.transformer import Transformer  # noqa: E402
+from lm.sharding import DEFAULT_RULES, make_mesh, use_mesh  # noqa: E402
+from lm.training import loop  # noqa: E402
+from lm.training.optimizers import OptimizerConfig  # noqa: E402
+from lm.training.state import param_shardings  # noqa: E402
+
+VOCAB, TOL = 96, 1e-4
+TOKENS = np.random.default_rng(0).integers(0, VOCAB, (2, 24))
+HF_CONFIGS = {
+    "gpt2": lambda: transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=VOCAB,
+                                            n_positions=32, bos_token_id=0, eos_token_id=0),
+    "llama_gqa": lambda: transformers.LlamaConfig(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=128, vocab_size=VOCAB, tie_word_embeddings=False),
+    "llama31_rope_scaling": lambda: transformers.LlamaConfig(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1,
+        intermediate_size=128, vocab_size=VOCAB, tie_word_embeddings=True,
+        rope_theta=500000.0, max_position_embeddings=256,
+        # original_max_position_embeddings=16 puts the test's frequencies in all three bands.
+        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                      "high_freq_factor": 4.0, "original_max_position_embeddings": 16}),
+}
+
+
+def _hf_logits(model) -> np.ndarray:
+  with torch.no_grad():
+    return model(torch.tensor(TOKENS)).logits.numpy()
+
+
+@pytest.fixture(scope="module")
+def hf_models(tmp_path_factory):
+  """{name: (saved dir, reference logits)}; weights are scaled up from HF's 0.02-std init so
+  that the logits differ by O(1) between tokens and a wrong mapping cannot hide."""
+  torch.manual_seed(0)
+  out = {}
+  for name, make_config in HF_CONFIGS.items():
+    model = transformers.AutoModelForCausalLM.from_config(make_config()).eval()
+    for pname, p in model.named_parameters():
+      is_scale = p.ndim == 1 and "bias" not in pname
+      p.data.normal_(1.0 if is_scale else 0.0, 0.1 if is_scale else 0.15)
+    path = str(tmp_path_factory.mktemp(name))
+    # The GQA model is written as a sharded checkpoint (model.safetensors.index.json).
+    model.save_pretrained(path, max_shard_size="100KB" if name == "llama_gqa" else "1GB")
+    out[name] = (path, _hf_logits(model))
+  return out
+
+
+@pytest.fixture(scope="module")
+def imported(hf_models, tmp_path_factory):
+  """{name: lm model dir} imported with lm-convert import-hf."""
+  out = {}
+  for name, (hf_dir, _) in hf_models.items():
+    model_dir = str(tmp_path_factory.mktemp(name + "_lm"))
+    with pytest.raises(SystemExit) as exit_info:
+      convert.main(["import-hf", "--hf_dir", hf_dir, "--model_dir", model_dir])
+    assert exit_info.value.code == 0
+    out[name] = model_dir
+  return out
+
+
+@pytest.mark.parametrize("name", sorted(HF_CONFIGS))
+def test_import_matches_hf_logits(name, hf_models, imported):
+  _, reference = hf_models[name]
+  assert np.abs(reference).max() > 1.0
+  diff = np.abs(np.asarray(load(imported[name]).logits(TOKENS)) - reference).max()
+  print(f"{name}: import max abs diff {diff:.2e}")
+  assert diff <= TOL
+
+
+@pytest.mark.parametrize("name", sorted(HF_CONFIGS))
+def test_export_loads_in_transformers(name, hf_models, imported, tmp_path):
+  with pytest.raises(SystemExit) as exit_info:
+    convert.main(["export-hf", "--model_dir", imported[name], "--hf_dir", str(tmp_path)])
+  assert exit_info.value.code == 0
+  model = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path)).eval()
+  diff = np.abs(_hf_logits(model) - hf_models[name][1]).max()
+  print(f"{name}: export max abs diff {diff:.2e}")
+  assert diff <= TOL
+
+
+@pytest.mark.parametrize("name", sorted(HF_CONFIGS))
+def test_import_onto_a_sharded_mesh(name, hf_models):
+  """Weights placed by their logical axes on a mesh of 8 devices (data, fsdp, tensor)."""
+  cfg, params = hf_dirs.read_hf(hf_models[name][0])
+  model = Transformer(cfg)
+  mesh = make_mesh((2, 2, 2) if cfg.kv_heads % 2 == 0 else (2, 4, 1))  # MQA: no tensor axis
+  with use_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
+    _, shardings = param_shardings(model, mesh, TOKENS.shape[1])
+    sharded = jax.device_put(params, shardings)
+    logits = jax.jit(lambda p, t: model.apply({"params": p}, t))(sharded, TOKENS)
+  assert sharded["embed"]["embedding"].sharding.spec == shardings["embed"]["embedding"].spec
+  assert len(sharded["embed"]["embedding"].sharding.device_set) == 8
+  diff = np.abs(np.asarray(logits) - hf_models[name][1]).max()
+  print(f"{name}: sharded import max abs diff {diff:.2e}")
+  assert diff <= TOL
+
+
+def test_scan_layers_round_trip(hf_models, tmp_path):
+  hf_dir, reference = hf_models["llama_gqa"]
+  cfg = hf_dirs.import_hf(hf_dir, str(tmp_path / "lm"), scan_layers=True)
+  assert cfg.scan_layers
+  assert np.abs(np.asarray(load(str(tmp_path / "lm")).logits(TOKENS)) - reference).max() <= TOL
+  hf_dirs.export_hf(str(tmp_path / "lm"), str(tmp_path / "hf"))
+  model = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf")).eval()
+  assert np.abs(_hf_logits(model) - reference).max() <= TOL
+
+
+def test_pickle_checkpoints_are_refused(hf_models, tmp_path):
+  with open(os.path.join(hf_models["gpt2"][0], "config.json")) as f:
+    (tmp_path / "config.json").write_text(f.read())
+  (tmp_path / "pytorch_model.bin").write_bytes(b"not unpickled")
+  with pytest.raises(UserError, match="pickle"):
+    hf_dirs.import_hf(str(tmp_path), str(tmp_path / "out"))
+
+
+def test_unsupported_architectures_are_refused(tmp_path):
+  (tmp_path / "config.json").write_text(json.dumps({"model_type": "mamba"}))
+  with pytest.raises(UserError, match="unsupported model_type"):
+    hf_dirs.import_hf(str(tmp_path), str(tmp_path / "out"))
+
+
+class _Batches:
+  """A loop-compatible iterator of fixed random batches (no TF needed)."""
+
+  def __init__(self, input_cfg, split):
+    self.state, self._cfg = 0, input_cfg
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    self.state += 1
+    rng = np.random.default_rng(self.state)
+    seq = rng.integers(0, VOCAB, (self._cfg.batch_size, self._cfg.seq_len + 1), np.int32)
+    return {"inputs": seq[:, :-1], "targets": seq[:, 1:],
+            "weights": np.ones(seq[:, 1:].shape, np.float32)}
+
+  def restore(self, state):
+    self.state = state
+
+
+@dataclasses.dataclass
+class _InputConfig:
+  batch_size: int = 8
+  seq_len: int = 16
+
+
+def test_fine_tuning_starts_from_the_imported_params(imported, tmp_path):
+  """lm-train's init_from: with a zero learning rate the run ends on the imported weights."""
+  source = load(imported["llama_gqa"])
+  result = loop.train(str(tmp_path / "ft"), model_cfg=source.config, input_cfg=_InputConfig(),
+                      batches_fn=_Batches, optimizer_cfg=OptimizerConfig(learning_rate=0.0),
+                      steps=1, eval_steps=1, progress=False, init_from=imported["llama_gqa"])
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(result.state.params),
+               jax.device_get(source.params))
