@@ -32,11 +32,17 @@ SHARD_BYTES = 64 << 20  # Auto sharding: one output shard per 64 MB of input.
 STATS_FILE = "_stats.json"
 
 
-def measure(stats, stage: str, side: str, text: str) -> None:
-  """Adds one document's docs/chars/words to `stage`'s in or out counts."""
+def measure(stats, stage: str, side: str, text: str, words=None) -> int:
+  """Adds one document's docs/chars/words to `stage`'s in or out counts.
+
+  Returns the word count; pass it back as `words` when the text is unchanged
+  to skip re-splitting it.
+  """
+  words = len(text.split()) if words is None else words
   stats[f"{stage}/docs_{side}"] += 1
   stats[f"{stage}/chars_{side}"] += len(text)
-  stats[f"{stage}/words_{side}"] += len(text.split())
+  stats[f"{stage}/words_{side}"] += words
+  return words
 
 
 def length_bin(text: str) -> int:
@@ -112,29 +118,31 @@ class ProcessDoc(beam.DoFn):
   def process(self, doc):
     cfg, stats = self._cfg, collections.Counter()
     text = doc["text"]
-    measure(stats, "read", "in", text)
+    words = measure(stats, "read", "in", text)
     stats[f"hist_before/{length_bin(text)}"] += 1
     stats.update(audit.audit_counts(text, self._terms, "audit_before"))
     if doc["reason"] is None and not text.strip():
       doc["reason"] = "empty"
     if doc["reason"] is None:
-      measure(stats, "read", "out", text)
+      measure(stats, "read", "out", text, words)
       for stage, fn in self._stages:
-        measure(stats, stage, "in", text)
+        measure(stats, stage, "in", text, words)
         start = time.perf_counter()
-        text, reason = fn(text, stats)
-        if reason is None and not text:
+        new_text, reason = fn(text, stats)
+        if reason is None and not new_text:
           reason = f"{stage}:empty"
         stats[f"{stage}/seconds"] += time.perf_counter() - start
         if reason:
           doc["reason"] = reason
           break
-        measure(stats, stage, "out", text)
+        if new_text is not text:  # Only re-count words of changed text.
+          text, words = new_text, None
+        words = measure(stats, stage, "out", text, words)
     if doc["reason"] is None:
       yield from self._dedup_keys(doc, text, stats)
     else:
       stats[f"removed/{doc['reason']}"] += 1
-    doc["text"] = text
+    doc["text"], doc["words"] = text, words
     yield doc
     yield beam.pvalue.TaggedOutput("stats", stats)
 
@@ -180,17 +188,17 @@ class _ClosingGzip(gzip.GzipFile):
 
 def _final_reason(doc, decisions, stats):
   """The doc's reason after dedup, counting the dedup stages' in/out."""
-  text, reason = doc["text"], doc["reason"]
+  text, reason, words = doc["text"], doc["reason"], doc["words"]
   if reason is not None:
     return reason
   decision = decisions.get(doc["key"])
   for stage, kind in (("exact_dedup", "exact_dup_of"),
                       ("near_dedup", "near_dup_of")):
-    measure(stats, stage, "in", text)
+    measure(stats, stage, "in", text, words)
     if decision and decision[0] == kind:
       stats[f"removed/{kind[:-3]}"] += 1
       return f"{kind}:{decision[1]}"
-    measure(stats, stage, "out", text)
+    measure(stats, stage, "out", text, words)
   return None
 
 
@@ -222,7 +230,7 @@ class WriteShard(beam.DoFn):
           continue
         kept.write_record({"id": doc["id"], "text": doc["text"],
                            **doc["extra"]})
-        measure(stats, "output", "out", doc["text"])
+        measure(stats, "output", "out", doc["text"], doc["words"])
         split = splits.split_of(doc["id"], self._cfg.validation_fraction)
         stats[f"split/{split}/docs"] += 1
         stats[f"hist_after/{length_bin(doc['text'])}"] += 1
