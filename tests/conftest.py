@@ -19,3 +19,27 @@ def _clear_gin():
   gin.clear_config()
   yield
   gin.clear_config()
+
+NANO_RUN = ["--gin_file=gin_configs/runs/shakespeare_char_cpu.gin",
+            "--gin_file=gin_configs/models/nano.gin", "--gin.SEQ_LEN=32", "--gin.BATCH_SIZE=8",
+            "--gin.LOG_EVERY=10", "--gin.EVAL_EVERY=20", "--gin.EVAL_STEPS=2",
+            "--gin.CHECKPOINT_EVERY=20", "--gin.MESH_SHAPE=(-1,1,1)",
+            "--gin.ModelConfig.max_len=32", "--gin.sample_after_training.num_tokens=20"]
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+  """A nano model trained for 40 steps by lm-train (in-process); its MODEL_DIR."""
+  from lm.cli import train
+  model_dir = str(tmp_path_factory.mktemp("run") / "nano")
+  gin.clear_config()
+  cwd = os.getcwd()
+  os.chdir(REPO)
+  try:
+    with pytest.raises(SystemExit) as exit_info:
+      train.main([f"--model_dir={model_dir}", "--gin.TRAIN_STEPS=40"] + NANO_RUN)
+  finally:
+    os.chdir(cwd)
+    gin.clear_config()
+  assert exit_info.value.code == 0
+  return model_dir

@@ -57,5 +57,5 @@ def run_main(fn, argv=None) -> int:
     fn(argv)
     return 0
   except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
+    print(f"error: {_first_line(e)}", file=sys.stderr)  # gin appends its call chain below
     return 2

@@ -118,6 +118,8 @@ def _split_into_pieces(dataset, sequence_length, output_features):
 
 
 def _document_task(name, source, vocabulary, text_key):
+  if name in seqio.TaskRegistry.names():  # gin may build the same config twice
+    seqio.TaskRegistry.remove(name)
   seqio.TaskRegistry.add(
       name,
       source=source,
@@ -146,17 +148,16 @@ def _open(path):
 def _check_utf8(path: str):
   """Fails early, naming the file, on empty files and invalid UTF-8 (read in 16 MB chunks)."""
   decoder = codecs.getincrementaldecoder("utf-8")()
-  size, offset = 0, 0
+  offset = 0  # bytes read before the current chunk
   try:
     with _open(path) as f:
       while chunk := f.read(1 << 24):
         decoder.decode(chunk)
-        size += len(chunk)
         offset += len(chunk)
       decoder.decode(b"", final=True)
   except UnicodeDecodeError as e:
     raise UserError(f"{path}: invalid UTF-8 near byte {offset + e.start}") from None
-  if size == 0:
+  if offset == 0:
     raise UserError(f"{path}: data file is empty")
 
 
@@ -178,11 +179,12 @@ def _read_documents(paths: Sequence[str], file_format: str, text_key: str):
 
 @gin.configurable
 def register_files_task(name: str, split_patterns: Mapping[str, str], vocabulary,
-                        file_format: str = "text", text_key: str = "text"):
+                        file_format: str = "text", text_key: str = "text") -> str:
   """A document task over local files: one document per line of .txt, or per JSONL record.
 
   `split_patterns` maps split names to globs (".gz" files are read too); every file is checked
-  for existence and UTF-8 here, so bad data fails before training starts.
+  for existence and UTF-8 here, so bad data fails before training starts. Returns `name`, so
+  gin can bind `InputConfig.task = @register_files_task()`.
   """
   if file_format not in ("text", "jsonl"):
     raise UserError(f"file_format must be 'text' or 'jsonl', not {file_format!r}")
@@ -196,6 +198,7 @@ def register_files_task(name: str, split_patterns: Mapping[str, str], vocabulary
 
   source = seqio.FunctionDataSource(dataset_fn, splits=tuple(files), caching_permitted=False)
   _document_task(name, source, vocabulary, "text")
+  return name
 
 
 @gin.configurable
@@ -204,8 +207,10 @@ def register_tfds_task(name: str, tfds_name: str, vocabulary, data_dir: str | No
   """A document task over a TFDS dataset already prepared under `data_dir` (no download)."""
   source = seqio.TfdsDataSource(tfds_name=tfds_name, tfds_data_dir=data_dir, splits=splits)
   _document_task(name, source, vocabulary, text_key)
+  return name
 
 
+@gin.configurable
 @functools.cache
 def shakespeare_char_vocabulary() -> CharVocabulary:
   return CharVocabulary(shakespeare_text())

@@ -3,6 +3,7 @@ import hashlib
 import os
 import tempfile
 
+import gin
 import numpy as np
 import seqio
 import sentencepiece as spm
@@ -97,5 +98,6 @@ def train_sentencepiece(text: str, vocab_size: int, model_type: str = "unigram",
   return path
 
 
+@gin.configurable
 def sentencepiece_vocabulary(path: str) -> seqio.SentencePieceVocabulary:
   return seqio.SentencePieceVocabulary(path)

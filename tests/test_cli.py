@@ -1,0 +1,120 @@
+"""lm-train end to end: outputs of a run, and bad input -> one clear message, exit 2, no damage."""
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import NANO_RUN, REPO
+from lm.cli import train
+
+
+def _snapshot(model_dir):
+  out = {}
+  for root, _, files in os.walk(model_dir):
+    for name in files:
+      path = os.path.join(root, name)
+      with open(path, "rb") as f:
+        out[os.path.relpath(path, model_dir)] = hashlib.sha256(f.read()).hexdigest()
+  return out
+
+
+def test_run_writes_metrics_config_and_checkpoints(trained_run):
+  rows = [json.loads(line) for line in open(os.path.join(trained_run, "metrics.jsonl"))]
+  train_rows = [r for r in rows if "train/loss" in r]
+  assert [r["step"] for r in train_rows] == [10, 20, 30, 40]
+  for key in ("train/loss", "train/tokens_per_sec", "train/grad_norm", "train/lr"):
+    assert all(key in r for r in train_rows)
+  assert "train/mfu" not in train_rows[0]  # CPU: no known peak, so no made-up MFU
+  evals = [r for r in rows if "eval/loss" in r]
+  assert [r["step"] for r in evals] == [20, 40] and evals[1]["eval/loss"] < evals[0]["eval/loss"]
+  assert train_rows[-1]["train/loss"] < train_rows[0]["train/loss"]
+  config = open(os.path.join(trained_run, "config.gin")).read()
+  assert "ModelConfig.d_model = 32" in config and "TRAIN_STEPS = 40" in config
+  assert sorted(os.listdir(os.path.join(trained_run, "checkpoints"))) == ["20", "40"]
+  assert os.listdir(os.path.join(trained_run, "tensorboard"))
+
+
+def _fails(argv, capsys, message):
+  with pytest.raises(SystemExit) as exit_info:
+    train.main(argv)
+  err = capsys.readouterr().err
+  assert exit_info.value.code == 2
+  assert message in err and "Traceback" not in err
+  assert len(err.strip().splitlines()) == 1, err
+
+
+@pytest.fixture
+def in_repo(monkeypatch):
+  monkeypatch.chdir(REPO)
+
+
+def _files_task(tmp_path, name, content: bytes):
+  path = tmp_path / name
+  path.write_bytes(content)
+  return ["--gin.InputConfig.task=@register_files_task()",
+          "--gin.register_files_task.name='user_files'",
+          f"--gin.register_files_task.split_patterns={{'train': '{path}', "
+          f"'validation': '{path}'}}",
+          "--gin.register_files_task.vocabulary=@shakespeare_char_vocabulary()",
+          "--gin.InputConfig.continuous=False"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--gin_file=gin_configs/runs/nope.gin"], "gin file not found"),
+    (["--gin.ModelConfig.no_such_field=1"], "bad gin config"),
+    (["--gin.MESH_SHAPE=(3,1,1)"], "needs 3 devices"),
+    (["--gin.MESH_SHAPE=(8,1,1)", "--gin.BATCH_SIZE=12"], "not divisible by the data-parallel"),
+    (["--gin.MESH_SHAPE=(1,1,8)"], "num_heads=4 is not divisible by the tensor axis size 8"),
+    (["--gin.TASK='no_such_task'"], "unknown task"),
+])
+def test_bad_flags(trained_run, in_repo, capsys, extra, message):
+  before = _snapshot(trained_run)
+  _fails([f"--model_dir={trained_run}"] + NANO_RUN + extra, capsys, message)
+  assert _snapshot(trained_run) == before
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("empty.txt", b"", "data file is empty"),
+    ("bad.txt", b"fine line\n\xff\xfe broken\n", "invalid UTF-8 near byte 10"),
+])
+def test_bad_data_files(trained_run, in_repo, capsys, tmp_path, name, content, message):
+  before = _snapshot(trained_run)
+  _fails([f"--model_dir={trained_run}"] + NANO_RUN + _files_task(tmp_path, name, content),
+         capsys, message)
+  assert _snapshot(trained_run) == before
+
+
+def test_missing_data_file(in_repo, capsys, tmp_path):
+  args = _files_task(tmp_path, "x.txt", b"x")
+  args[2] = "--gin.register_files_task.split_patterns={'train': '/nonexistent/*.txt'}"
+  _fails([f"--model_dir={tmp_path / 'run'}"] + NANO_RUN + args, capsys, "no data file matches")
+  assert not (tmp_path / "run").exists()
+
+
+def test_different_model_in_existing_dir(trained_run, in_repo, capsys):
+  before = _snapshot(trained_run)
+  _fails([f"--model_dir={trained_run}"] + NANO_RUN + ["--gin.ModelConfig.d_model=64"], capsys,
+         "holds a different model")
+  assert _snapshot(trained_run) == before
+
+
+def test_trains_on_local_text_files(in_repo, tmp_path):
+  lines = open(os.path.join(REPO, "lm/data/assets/tinyshakespeare.txt")).read().splitlines()
+  text = "\n".join(l for l in lines[:3000] if l.strip()).encode()
+  model_dir = tmp_path / "run"
+  with pytest.raises(SystemExit) as exit_info:
+    train.main([f"--model_dir={model_dir}", "--gin.TRAIN_STEPS=4", "--gin.EVAL_EVERY=0",
+                "--gin.LOG_EVERY=2", "--gin.sample_after_training.num_tokens=0"]
+               + NANO_RUN[:-1] + _files_task(tmp_path, "corpus.txt", text))
+  assert exit_info.value.code == 0
+  rows = [json.loads(l) for l in open(model_dir / "metrics.jsonl") if "train/loss" in l]
+  assert rows[-1]["step"] == 4 and 0 < rows[-1]["train/loss"] < 5
+
+
+def test_console_script_prints_sample_and_clean_errors(tmp_path):
+  bad = subprocess.run([sys.executable, "-m", "lm.cli.train", "--model_dir", str(tmp_path),
+                        "--gin_file=missing.gin"], capture_output=True, text=True, cwd=REPO)
+  assert bad.returncode == 2 and bad.stderr.strip().endswith("gin file not found: missing.gin")

@@ -1,0 +1,41 @@
+"""Every gin file parses and builds its model with jax.eval_shape (no weights allocated)."""
+import glob
+import os
+
+import gin
+import jax
+import jax.numpy as jnp
+import pytest
+
+import lm.cli.train  # noqa: F401  (registers sample_after_training)
+import lm.data.pipeline  # noqa: F401  (registers tasks and make_batches)
+from conftest import REPO
+from lm.cli.common import parse_gin
+from lm.models.config import ModelConfig, num_params
+from lm.models.transformer import Transformer
+
+FILES = sorted(glob.glob(os.path.join(REPO, "gin_configs", "**", "*.gin"), recursive=True))
+
+
+def test_there_are_configs():
+  names = {os.path.relpath(f, REPO) for f in FILES}
+  for required in ["gin_configs/models/nano.gin", "gin_configs/models/gpt2_124m.gin",
+                   "gin_configs/models/llama_1b.gin", "gin_configs/runs/pretrain.gin",
+                   "gin_configs/runs/shakespeare_char_cpu.gin",
+                   "gin_configs/runs/shakespeare_char.gin"]:
+    assert required in names
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: os.path.relpath(p, REPO))
+def test_config_builds_its_model(path):
+  parse_gin([path], [])
+  cfg = ModelConfig()
+  if "runs" in path:  # a run config also binds its input and training
+    train_kwargs = gin.get_bindings("train")
+    assert {"steps", "mesh_shape", "model_cfg"} <= set(train_kwargs)
+    assert gin.query_parameter("InputConfig.task")
+  seq_len = min(cfg.max_len, 128)
+  variables = jax.eval_shape(Transformer(cfg).init, jax.random.PRNGKey(0),
+                             jnp.zeros((1, seq_len), jnp.int32))
+  count = sum(x.size for x in jax.tree.leaves(variables["params"]))
+  assert count == num_params(cfg)
