@@ -40,8 +40,18 @@ def pipeline_options(beam_args: List[str], num_workers: int
   return options
 
 
+def _is_local(path: str) -> bool:
+  return "://" not in path
+
+
+def _exists(path: str) -> bool:
+  if _is_local(path):
+    return os.path.exists(path)
+  return bool(FileSystems.match([f"{path}/**"])[0].metadata_list)
+
+
 def _make_temp_dir(out: str, overwrite: bool) -> str:
-  if FileSystems.exists(out) and not overwrite:
+  if _exists(out) and not overwrite:
     raise OutputError(f"{out} already exists (pass --overwrite to replace it)")
   tmp = f"{out}.tmp-{uuid.uuid4().hex[:8]}"
   try:
@@ -54,12 +64,25 @@ def _make_temp_dir(out: str, overwrite: bool) -> str:
 
 
 def _publish(tmp: str, out: str) -> None:
-  """Moves the finished temp dir to `out` (replacing an old one)."""
-  old = f"{out}.old-{uuid.uuid4().hex[:8]}"
-  if os.path.exists(out):
-    os.rename(out, old)
-  os.rename(tmp, out)  # Atomic on one filesystem.
-  shutil.rmtree(old, ignore_errors=True)
+  """Moves the finished temp dir to `out`, replacing an old one.
+
+  Locally one atomic directory rename; on object stores (no directories)
+  file by file, with report.json last so that it marks a complete output.
+  """
+  if _is_local(out):
+    old = f"{out}.old-{uuid.uuid4().hex[:8]}"
+    if os.path.exists(out):
+      os.rename(out, old)
+    os.rename(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+    return
+  if _exists(out):
+    FileSystems.delete([out])
+  sources = [m.path for m in FileSystems.match([f"{tmp}/**"])[0].metadata_list]
+  sources.sort(key=lambda path: path.endswith("report.json"))
+  for source in sources:  # One by one, in this order.
+    FileSystems.rename([source], [out + source[len(tmp):]])
+  FileSystems.delete([tmp])
 
 
 def _kept_files(tmp: str) -> List[str]:
@@ -81,11 +104,8 @@ def run(cfg: PrepConfig, beam_args: Optional[List[str]] = None,
   start = time.time()
   files = readers.expand_inputs(cfg.inputs)
   out = cfg.output_dir.rstrip("/")
-  if "://" in out:
-    # Workers may run anywhere, but the report and the final rename are done
-    # by this process on its own disk.
-    raise OutputError("--output_dir must be a local (or mounted) path")
-  tmp = _make_temp_dir(os.path.abspath(out), cfg.overwrite)
+  out = os.path.abspath(out) if _is_local(out) else out
+  tmp = _make_temp_dir(out, cfg.overwrite)
   options = pipeline_options(beam_args or [], num_workers)
   try:
     num_shards = cfg.num_shards or pipeline.auto_num_shards(files)
@@ -107,8 +127,11 @@ def run(cfg: PrepConfig, beam_args: Optional[List[str]] = None,
     rep = report.build_report(stats, cfg, files, time.time() - start,
                               num_shards)
     report.write_report(rep, tmp)
-    _publish(tmp, os.path.abspath(out))
+    _publish(tmp, out)
     return rep
   except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+      FileSystems.delete([tmp])
+    except Exception:  # Best effort; the original error matters more.
+      pass
     raise

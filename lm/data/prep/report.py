@@ -1,8 +1,10 @@
 """report.json, report.md and its PNG plots, from the summed pipeline stats."""
 
+import io
 import json
-import os
 from typing import Dict
+
+from apache_beam.io.filesystems import FileSystems
 
 from lm.data.prep import audit
 from lm.data.prep.config import PrepConfig
@@ -63,6 +65,17 @@ def build_report(stats: dict, cfg: PrepConfig, files, wall_seconds: float,
   }
 
 
+def _put(path: str, data: bytes) -> None:
+  with FileSystems.create(path, compression_type="uncompressed") as f:
+    f.write(data)
+
+
+def _png(fig) -> bytes:
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=100)
+  return buf.getvalue()
+
+
 def _plots(report: dict, out_dir: str) -> None:
   import matplotlib
   matplotlib.use("Agg")  # No display; must precede pyplot.
@@ -78,14 +91,14 @@ def _plots(report: dict, out_dir: str) -> None:
   ax.set_ylabel("documents")
   ax.legend()
   fig.tight_layout()
-  fig.savefig(os.path.join(out_dir, "length_histogram.png"), dpi=100)
+  _put(f"{out_dir}/length_histogram.png", _png(fig))
   plt.close(fig)
   removals = report["removals"] or {"(none)": 0}
   fig, ax = plt.subplots(figsize=(7, 0.35 * len(removals) + 1.2))
   ax.barh(list(removals), list(removals.values()))
   ax.set_xlabel("documents removed")
   fig.tight_layout()
-  fig.savefig(os.path.join(out_dir, "removals.png"), dpi=100)
+  _put(f"{out_dir}/removals.png", _png(fig))
   plt.close(fig)
 
 
@@ -143,9 +156,7 @@ def _audit_markdown(aud: dict) -> list:
 
 
 def write_report(report: dict, out_dir: str) -> None:
-  """Writes report.json, report.md and the plots into `out_dir` (local)."""
-  with open(os.path.join(out_dir, "report.json"), "w") as f:
-    json.dump(report, f, indent=1)
+  """Writes the plots, report.md and (last) report.json into `out_dir`."""
   _plots(report, out_dir)
-  with open(os.path.join(out_dir, "report.md"), "w") as f:
-    f.write(_markdown(report))
+  _put(f"{out_dir}/report.md", _markdown(report).encode("utf-8"))
+  _put(f"{out_dir}/report.json", json.dumps(report, indent=1).encode("utf-8"))

@@ -8,6 +8,7 @@ import collections
 import functools
 import gzip
 import json
+import tempfile
 from typing import Iterator, List
 
 import apache_beam as beam
@@ -37,15 +38,17 @@ def _sample(files: List[str], rate: float) -> Iterator[str]:
 
 def train_spm(files: List[str], model_path: str, vocab_size: int,
               kept_chars: int, sample_chars: int) -> None:
-  """Trains `model_path` on about `sample_chars` of the kept text."""
+  """Trains `model_path` (any Beam filesystem) on ~`sample_chars` of text."""
   rate = min(1.0, sample_chars / max(kept_chars, 1))
-  prefix = model_path[:-len(".model")]
-  sp.SentencePieceTrainer.train(
-      sentence_iterator=_sample(files, rate), model_prefix=prefix,
-      vocab_size=vocab_size, model_type="unigram", character_coverage=0.9995,
-      pad_id=0, eos_id=1, unk_id=2, bos_id=-1, hard_vocab_limit=False,
-      max_sentence_length=1 << 16, train_extremely_large_corpus=False,
-      minloglevel=2)
+  with tempfile.TemporaryDirectory() as local:
+    sp.SentencePieceTrainer.train(
+        sentence_iterator=_sample(files, rate), model_prefix=f"{local}/spm",
+        vocab_size=vocab_size, model_type="unigram",
+        character_coverage=0.9995, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+        hard_vocab_limit=False, max_sentence_length=1 << 16, minloglevel=2)
+    with open(f"{local}/spm.model", "rb") as src, FileSystems.create(
+        model_path, compression_type="uncompressed") as dst:
+      dst.write(src.read())
 
 
 @functools.lru_cache(maxsize=2)
