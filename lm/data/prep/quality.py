@@ -115,9 +115,15 @@ def _repetition_reason(text, lines, words, cfg: QualityConfig):
   for n, limit in cfg.max_top_ngram_char_frac:
     if top_ngram_char_frac(ids, lengths, n) > limit:
       return f"top_{n}gram"
-  for n, limit in cfg.max_dup_ngram_char_frac:
-    if dup_ngram_char_frac(ids, lengths, n) > limit:
+  rules = sorted(cfg.max_dup_ngram_char_frac)
+  for i, (n, limit) in enumerate(rules):
+    frac = dup_ngram_char_frac(ids, lengths, n)
+    if frac > limit:
       return f"dup_{n}gram"
+    # Words covered by repeated (n+1)-grams are covered by repeated n-grams,
+    # so once the fraction is under every later limit, all later rules pass.
+    if all(frac <= later for _, later in rules[i + 1:]):
+      break
   return None
 
 
