@@ -18,7 +18,6 @@ import hashlib
 import json
 import math
 import time
-from typing import List
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -116,7 +115,7 @@ class ProcessDoc(beam.DoFn):
     return text, None
 
   def process(self, doc):
-    cfg, stats = self._cfg, collections.Counter()
+    stats = collections.Counter()
     text = doc["text"]
     words = measure(stats, "read", "in", text)
     stats[f"hist_before/{length_bin(text)}"] += 1

@@ -6,7 +6,8 @@ A document travels through the pipeline as a plain dict:
   id:     the `id` field of a JSONL record, else "<path>#<position>";
   text:   decoded text;
   extra:  the other JSONL fields, written back unchanged;
-  reason: None while kept, else why it was removed (e.g. "decode_error").
+  reason: None while kept, else why it was removed (e.g. "decode_error");
+  words:  added by the pipeline: the word count of the final text.
 """
 
 import gzip
