@@ -40,9 +40,9 @@ def file_bytes(out):
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
-  """2,300 documents of 100-300 words with planted duplicates, run 3 times."""
+  """2,300 documents of 100-150 words with planted duplicates, run 3 times."""
   root = tmp_path_factory.mktemp("planted")
-  corpus = synthetic.make_corpus(2000, 100, 200, seed=1, words=(100, 300))
+  corpus = synthetic.make_corpus(2000, 100, 200, seed=1, words=(100, 150))
   synthetic.write_jsonl(corpus.docs, str(root / "in"), 4)
   cfg = PrepConfig(inputs=(str(root / "in" / "*.jsonl.gz"),),
                    output_dir=str(root / "a"), num_shards=3)
