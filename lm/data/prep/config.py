@@ -78,7 +78,7 @@ class DedupConfig:
   rows: int = 5
   threshold: float = 0.6  # Estimated Jaccard a candidate pair must reach.
   seed: int = 1
-  cc_rounds: int = 6  # Label-propagation rounds for connected components.
+  cc_rounds: int = 4  # Label-propagation rounds for connected components.
 
   @property
   def num_perm(self) -> int:

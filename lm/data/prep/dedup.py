@@ -59,27 +59,34 @@ def _both_directions(edge):
   yield edge[1], edge[0]
 
 
-def _propagate(group):
-  """Sends a node's label to itself and to each neighbour."""
-  node, joined = group
-  label = min(joined["label"])
-  yield node, label
-  for neighbour in joined["adj"]:
+def _init_state(group):
+  """(node, (label, neighbours, changed)), label = min(node, neighbours)."""
+  node, neighbours = group
+  neighbours = sorted(set(neighbours))
+  return node, (min(node, neighbours[0]), neighbours, True)
+
+
+def _send_label(item):
+  _, (label, neighbours, _) = item
+  for neighbour in neighbours:
     yield neighbour, label
 
 
-def _changed(group):
-  _, joined = group
-  return int(set(joined["old"]) != set(joined["new"]))
+def _update(group):
+  node, joined = group
+  (label, neighbours, _), = joined["state"]
+  new = min([label] + list(joined["label"]))
+  return node, (new, neighbours, new != label)
 
 
 class ConnectedComponents(beam.PTransform):
   """Min-label propagation over an edge list, `rounds` rounds unrolled.
 
-  Each node ends with the smallest node of its component once `rounds` is at
-  least the component's radius (LSH stars are 1-2 hops, so the default 6 is
-  generous). Returns (labels, number of labels still changing in the last
-  round: 0 means converged), both as PCollections.
+  A node starts with the smallest of itself and its neighbours; each round
+  (one keyed grouping) it takes the smallest label among its neighbours. Each
+  node ends with the smallest node of its component once the component's
+  radius is at most rounds + 1 (LSH stars are 1-2 hops). Returns (labels,
+  number of labels that still changed in the last round: 0 = converged).
   """
 
   def __init__(self, rounds: int):
@@ -87,20 +94,17 @@ class ConnectedComponents(beam.PTransform):
     self._rounds = rounds
 
   def expand(self, edges):
-    adj = edges | "Undirected" >> beam.FlatMap(_both_directions)
-    labels = (adj | "SelfOrNeighbour" >> beam.Map(lambda e: (e[0], min(e)))
-              | "Init" >> beam.CombinePerKey(min))
-    previous = labels
+    state = (edges | "Undirected" >> beam.FlatMap(_both_directions)
+             | "Adjacency" >> beam.GroupByKey()
+             | "InitLabels" >> beam.Map(_init_state))
     for r in range(self._rounds):
-      previous = labels
-      labels = ({"label": labels, "adj": adj}
-                | f"Join{r}" >> beam.CoGroupByKey()
-                | f"Send{r}" >> beam.FlatMap(_propagate)
-                | f"Min{r}" >> beam.CombinePerKey(min))
-    unconverged = ({"old": previous, "new": labels}
-                   | "CompareLast" >> beam.CoGroupByKey()
-                   | "Changed" >> beam.Map(_changed)
+      state = ({"state": state,
+                "label": state | f"Send{r}" >> beam.FlatMap(_send_label)}
+               | f"Join{r}" >> beam.CoGroupByKey()
+               | f"Update{r}" >> beam.Map(_update))
+    unconverged = (state | "Changed" >> beam.Map(lambda s: int(s[1][2]))
                    | "CountChanged" >> beam.CombineGlobally(sum))
+    labels = state | "Labels" >> beam.Map(lambda s: (s[0], s[1][0]))
     return labels, unconverged
 
 

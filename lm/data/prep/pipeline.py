@@ -174,7 +174,10 @@ class _ClosingGzip(gzip.GzipFile):
   """GzipFile that also closes the channel it writes to."""
 
   def __init__(self, raw):
-    super().__init__(filename="", mode="wb", fileobj=raw, mtime=0)
+    # Level 1: ~10x faster than gzip's default 9 (which dominated the write
+    # step) for ~25 % larger files.
+    super().__init__(filename="", mode="wb", fileobj=raw, mtime=0,
+                     compresslevel=1)
     self._raw = raw
 
   def write_record(self, record: dict) -> None:
