@@ -8,7 +8,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from lm.data import tasks
-from lm.data.pipeline import InputConfig, make_batches, vocabulary
+from lm.data.inputs import InputConfig, make_batches
+from lm.data.pipeline import vocabulary
 from lm.data.vocabularies import CharVocabulary
 
 

@@ -19,7 +19,7 @@ NANO = ModelConfig(vocab_size=68, d_model=32, num_layers=2, num_heads=4, mlp_dim
 @functools.cache
 def char_batches(n=4, batch_size=8, seq_len=32):
   """n fixed training batches of the char task (numpy)."""
-  from lm.data.pipeline import InputConfig, make_batches
+  from lm.data.inputs import InputConfig, make_batches
   it = make_batches(InputConfig(batch_size=batch_size, seq_len=seq_len, continuous=True), "train")
   return [next(it) for _ in range(n)]
 

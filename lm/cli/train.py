@@ -19,8 +19,12 @@ def sample_after_training(result, input_cfg=gin.REQUIRED, num_tokens: int = 0,
                           prompt: str = "\n", temperature: float = 0.8, top_k: int | None = 200,
                           seed: int = 0):
   """Prints `num_tokens` sampled from the trained model (nothing when 0)."""
-  from lm.data.pipeline import vocabulary
-  if not num_tokens or jax.process_index() != 0:
+  if not num_tokens or jax.process_index() != 0 or not input_cfg.task:
+    return
+  try:
+    from lm.data.pipeline import vocabulary
+  except ImportError:
+    print("note: no sample (decoding the task's vocabulary needs SeqIO)")
     return
   from lm.sampling import generate
   vocab = vocabulary(input_cfg.task)
@@ -48,10 +52,12 @@ def _main(argv):
     # Collectives between CPU processes need gloo; GPU/TPU backends ignore this setting.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+  import lm.data.arrays  # noqa: F401  (TF-free inputs: exported arrays, synthetic tokens)
+  import lm.data.inputs  # noqa: F401  (InputConfig, make_batches)
   try:
-    import lm.data.pipeline  # noqa: F401  (registers tasks and make_batches with gin)
-  except ImportError as e:  # a TF-less image trains from other inputs bound in gin
-    print(f"note: SeqIO input unavailable ({e})")
+    import lm.data.pipeline  # noqa: F401  (registers the SeqIO tasks and their gin helpers)
+  except ImportError as e:  # a TF-less image trains from lm.data.arrays inputs
+    print(f"note: SeqIO input unavailable ({e}); use lm.data.arrays inputs")
   parse_gin(args.gin_file, bindings)
   result = loop.train(args.model_dir)
   sample_after_training(result)

@@ -4,16 +4,15 @@ The global batch is made of `num_shards` SeqIO shards (`seqio.ShardInfo`), each 
 batch_size / num_shards rows; a process reads the shards that belong to it. So the batches a
 run sees depend on the seed and the shard count, never on how many processes read them.
 """
-import dataclasses
 from typing import Iterator
 
-import gin
 import jax
 import numpy as np
 import seqio
 import tensorflow as tf
 
 from lm.data import tasks  # noqa: F401  (registers the built-in tasks)
+from lm.data.inputs import InputConfig
 from lm.errors import UserError
 
 # seqio's decoder features -> the names lm's train step uses.
@@ -24,27 +23,6 @@ _RENAME = {
     "decoder_segment_ids": "segment_ids",
     "decoder_positions": "positions",
 }
-
-
-@gin.configurable
-@dataclasses.dataclass(frozen=True)
-class InputConfig:
-  """Which task to read and how to batch it.
-
-  continuous: for corpus tasks (random windows of running text). Reads seq_len + 1 tokens and
-    drops the first position, so every target is predicted from real context instead of BOS
-    (nanoGPT's x = w[:-1], y = w[1:]).
-  """
-  task: str = "tiny_shakespeare_char"
-  batch_size: int = 12
-  seq_len: int = 64
-  pack: bool = True
-  continuous: bool = False
-  seed: int = 0
-  num_shards: int | None = None  # None: one per process
-
-  def shards(self) -> int:
-    return self.num_shards or jax.process_count()
 
 
 class SeqioBatches:
@@ -89,14 +67,6 @@ class SeqioBatches:
     if self.cfg.continuous:
       batch = {k: v[:, 1:] for k, v in batch.items()}
     return batch
-
-
-@gin.configurable
-def make_batches(cfg: InputConfig, split: str, start: int = 0, *, eval_seed: int = 1234):
-  """Training batches (shuffled, seeded by cfg.seed) or fixed evaluation batches."""
-  if split == "train":
-    return SeqioBatches(cfg, split, shuffle=True, seed=cfg.seed, start=start)
-  return SeqioBatches(cfg, split, shuffle=False, seed=eval_seed, start=start)
 
 
 def vocabulary(task: str) -> seqio.Vocabulary:

@@ -1,0 +1,17 @@
+"""Models, training, sampling and conversion import without TensorFlow/SeqIO (GPU images)."""
+import subprocess
+import sys
+
+BLOCK_TF = """
+import sys
+for name in ("tensorflow", "seqio", "tensorflow_datasets"):
+  sys.modules[name] = None  # any import of them now raises ImportError
+import lm, lm.api, lm.sampling, lm.training.loop, lm.convert.hf, lm.cli.train, lm.cli.info
+print("ok")
+"""
+
+
+def test_core_imports_without_tensorflow():
+  out = subprocess.run([sys.executable, "-c", BLOCK_TF], capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.strip() == "ok"
