@@ -57,6 +57,7 @@ def _make_temp_dir(out: str, overwrite: bool) -> str:
   try:
     FileSystems.mkdirs(tmp)
     FileSystems.mkdirs(f"{tmp}/removed")
+    FileSystems.mkdirs(f"{tmp}/{pipeline.WORK_DIR}")
   except Exception as e:  # Permission, missing parent, bad bucket...
     raise OutputError(f"cannot create {tmp} next to the output dir: {e}"
                       ) from None
@@ -112,7 +113,8 @@ def run(cfg: PrepConfig, beam_args: Optional[List[str]] = None,
     with beam.Pipeline(options=options) as p:
       pipeline.build(p, cfg, files, tmp, num_shards)
     stats = _read_json(f"{tmp}/{pipeline.STATS_FILE}")
-    FileSystems.delete([f"{tmp}/{pipeline.STATS_FILE}"])
+    FileSystems.delete([f"{tmp}/{pipeline.STATS_FILE}",
+                        f"{tmp}/{pipeline.WORK_DIR}"])
     if cfg.spm_vocab_size:
       model = f"{tmp}/{spm.SPM_FILE}"
       spm.train_spm(_kept_files(tmp), model, cfg.spm_vocab_size,

@@ -1,15 +1,17 @@
-"""The Beam graph of `lm-prep`, and `run` (temp dir, report, atomic rename).
+"""The Beam graph of `lm-prep`.
 
   files -> read -> ProcessDoc (decode .. decontaminate, per document)
-             |-- doc (text)        ----------------------------.
-             |-- (hash, node)      -> ExactDedup -> decisions --+-> by shard ->
-             |-- (node, signature) -> NearDedup  -> decisions --'   WriteShard
-             '-- stats ---------------------------------------------> report
+             |-- docs -> spill files, one per (shard, bundle) -> (shard, path) -.
+             |-- (hash, node)      -> ExactDedup -> decisions ---------------+-> by
+             |-- (node, signature) -> NearDedup  -> decisions ---------------'  shard
+             '-- stats -------------------------------------------> report  WriteShard
 
-Documents are joined with their dedup decisions once, keyed by output shard
-(a hash of the document key), and each shard is sorted by input order before
-it is written, so the output is byte-identical for any runner and worker
-count. Nothing is held globally: every step is a keyed Beam grouping.
+Only light records (hashes, signatures, ids, spill paths) go through Beam's
+groupings; the text is spilled to DIR.tmp/_work, so neither a local runner's
+memory nor a distributed shuffle holds the corpus. Each output shard (a hash
+of the document key) is read back, joined with its dedup decisions and
+sorted by input order before it is written, so the output is byte-identical
+for any runner and worker count.
 """
 
 import collections
@@ -18,17 +20,22 @@ import hashlib
 import json
 import math
 import time
+import uuid
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
+from apache_beam.utils.windowed_value import WindowedValue
 
 from lm.data.prep import (audit, clean, decontam, minhash, normalize, pii,
                           quality, readers, splits)
 from lm.data.prep.config import PrepConfig
 from lm.data.prep.dedup import ExactDedup, NearDedup
 
-SHARD_BYTES = 64 << 20  # Auto sharding: one output shard per 64 MB of input.
+SHARD_BYTES = 32 << 20  # Auto sharding: one output shard per 32 MB of input.
 STATS_FILE = "_stats.json"
+WORK_DIR = "_work"  # Spilled documents, deleted after the run.
 
 
 def measure(stats, stage: str, side: str, text: str, words=None) -> int:
@@ -74,10 +81,15 @@ class SumCounters(beam.CombineFn):
 
 
 class ProcessDoc(beam.DoFn):
-  """Runs the per-document stages; emits the doc, dedup keys and stats."""
+  """Runs the per-document stages; emits dedup keys and stats.
 
-  def __init__(self, cfg: PrepConfig):
-    self._cfg = cfg
+  The documents themselves are spilled to one temp file per output shard and
+  bundle, and only (shard, path) is emitted, so no runner ever buffers or
+  shuffles the corpus text.
+  """
+
+  def __init__(self, cfg: PrepConfig, tmp_dir: str, num_shards: int):
+    self._cfg, self._tmp, self._num_shards = cfg, tmp_dir, num_shards
 
   def setup(self):
     cfg = self._cfg
@@ -102,6 +114,23 @@ class ProcessDoc(beam.DoFn):
       stages.append(("decontaminate", lambda t, s: (t, decontam.contaminated(
           t, eval_ngrams, cfg.decontam_ngram))))
     self._stages = stages
+
+  def start_bundle(self):
+    self._spills = {}  # shard -> (path, writer)
+
+  def finish_bundle(self):
+    for shard, (path, writer) in sorted(self._spills.items()):
+      writer.close()
+      yield beam.pvalue.TaggedOutput("spill", WindowedValue(
+          (shard, path), MIN_TIMESTAMP, [GlobalWindow()]))
+
+  def _spill(self, doc):
+    shard = shard_of(doc["key"], self._num_shards)
+    if shard not in self._spills:
+      # A retried bundle writes a new file; only committed paths are read.
+      path = f"{self._tmp}/{WORK_DIR}/{shard:05d}-{uuid.uuid4().hex}.jsonl.gz"
+      self._spills[shard] = path, _gzip_writer(path)
+    self._spills[shard][1].write_record(doc)
 
   def _clean(self, text, stats):
     cleaned, reason, line_counts = clean.clean_lines(text, self._cfg.clean)
@@ -142,7 +171,7 @@ class ProcessDoc(beam.DoFn):
     else:
       stats[f"removed/{doc['reason']}"] += 1
     doc["text"], doc["words"] = text, words
-    yield doc
+    self._spill(doc)
     yield beam.pvalue.TaggedOutput("stats", stats)
 
   def _dedup_keys(self, doc, text, stats):
@@ -215,6 +244,13 @@ class WriteShard(beam.DoFn):
 
   def process(self, item):
     shard, joined = item
+    docs = []
+    for path in joined["spill"]:
+      with FileSystems.open(path, compression_type="uncompressed") as raw:
+        with gzip.GzipFile(fileobj=raw) as f:
+          docs.extend(json.loads(line) for line in f)
+    for doc in docs:
+      doc["key"] = tuple(doc["key"])  # JSON turned the tuple into a list.
     decisions = {}
     for key, decision in joined["decision"]:
       # A document can be both; the exact duplicate is the better reason.
@@ -224,7 +260,7 @@ class WriteShard(beam.DoFn):
     name = f"{shard:05d}-of-{self._num_shards:05d}.jsonl.gz"
     with _gzip_writer(f"{self._tmp}/data-{name}") as kept, _gzip_writer(
         f"{self._tmp}/removed/removed-{name}") as removed:
-      for doc in sorted(joined["doc"], key=lambda d: d["key"]):
+      for doc in sorted(docs, key=lambda d: d["key"]):
         reason = _final_reason(doc, decisions, stats)
         if reason:
           removed.write_record(
@@ -253,8 +289,9 @@ def build(p: beam.Pipeline, cfg: PrepConfig, files, tmp_dir: str,
   docs = (p | "Files" >> beam.Create(files)
           | "SpreadFiles" >> beam.Reshuffle()
           | "Read" >> beam.FlatMap(readers.read_file, cfg.read)
-          | "Process" >> beam.ParDo(ProcessDoc(cfg)).with_outputs(
-              "hash", "sig", "stats", main="doc"))
+          | "Process" >> beam.ParDo(ProcessDoc(
+              cfg, tmp_dir, num_shards)).with_outputs(
+                  "hash", "sig", "stats", "spill", main="unused"))
   decisions, stats = [], [docs.stats]
   if cfg.dedup.exact:
     decisions.append(docs.hash | "Exact" >> ExactDedup())
@@ -266,8 +303,7 @@ def build(p: beam.Pipeline, cfg: PrepConfig, files, tmp_dir: str,
   decision = (decisions | "AllDecisions" >> beam.Flatten()
               if decisions else p | "NoDecisions" >> beam.Create([]))
   by_shard = lambda kv: (shard_of(kv[0], num_shards), kv)
-  written = ({"doc": docs.doc | "DocShard" >> beam.Map(
-                  lambda d: (shard_of(d["key"], num_shards), d)),
+  written = ({"spill": docs.spill,
               "decision": decision | "DecisionShard" >> beam.Map(by_shard)}
              | "ByShard" >> beam.CoGroupByKey()
              | "Write" >> beam.ParDo(WriteShard(cfg, tmp_dir, num_shards)))
