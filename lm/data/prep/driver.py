@@ -16,7 +16,8 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import (DirectOptions,
                                                   PipelineOptions,
-                                                  StandardOptions)
+                                                  StandardOptions,
+                                                  WorkerOptions)
 
 from lm.data.prep import pipeline, readers, report, spm
 from lm.data.prep.config import PrepConfig
@@ -37,6 +38,10 @@ def pipeline_options(beam_args: List[str], num_workers: int
     direct.direct_num_workers = num_workers
     direct.direct_running_mode = ("multi_processing" if num_workers > 1
                                   else "in_memory")
+    workers = options.view_as(WorkerOptions)
+    # Local worker processes otherwise log every harness step at INFO.
+    workers.default_sdk_harness_log_level = (
+        workers.default_sdk_harness_log_level or "WARNING")
   return options
 
 
