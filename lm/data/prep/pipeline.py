@@ -33,7 +33,9 @@ from lm.data.prep import (audit, clean, decontam, minhash, normalize, pii,
 from lm.data.prep.config import PrepConfig
 from lm.data.prep.dedup import ExactDedup, NearDedup
 
-SHARD_BYTES = 32 << 20  # Auto sharding: one output shard per 32 MB of input.
+# Auto sharding: one output shard per 16 MB of input (gzip: ~40 MB of text),
+# which bounds the memory of the step that sorts and writes a shard.
+SHARD_BYTES = 16 << 20
 STATS_FILE = "_stats.json"
 WORK_DIR = "_work"  # Spilled documents, deleted after the run.
 

@@ -1,7 +1,8 @@
 """Input discovery and reading: files -> documents with stable ids.
 
 A document travels through the pipeline as a plain dict:
-  key:    (input index, path, position); unique, and its order is "earliest"
+  key:    (file number, position): unique, compact (it travels through every
+          dedup grouping), and its order is the input order, i.e. "earliest"
           for dedup (the first document in the input order wins);
   id:     the `id` field of a JSONL record, else "<path>#<position>";
   text:   decoded text;
@@ -28,12 +29,14 @@ class InputError(ValueError):
 
 
 def expand_inputs(globs: Sequence[str]) -> List[Tuple[int, str, int]]:
-  """Returns sorted (input index, path, size in bytes) for every matched file.
+  """Returns (file number, path, size in bytes) for every matched file.
+
+  Files are numbered in input order: by --input, then by path.
 
   Raises InputError naming the first glob that matches nothing.
   """
   files = []
-  for index, pattern in enumerate(globs):
+  for pattern in globs:
     try:
       matched = FileSystems.match([pattern])[0].metadata_list
     except Exception as e:  # Beam raises BeamIOError for a bad scheme, etc.
@@ -44,7 +47,7 @@ def expand_inputs(globs: Sequence[str]) -> List[Tuple[int, str, int]]:
       if not m.path.endswith((".txt",) + _JSONL_SUFFIXES):
         raise InputError(
             f"{m.path}: unsupported input type (want .txt, .jsonl, .jsonl.gz)")
-      files.append((index, m.path, m.size_in_bytes))
+      files.append((len(files), m.path, m.size_in_bytes))
   return files
 
 
@@ -61,17 +64,17 @@ def _doc(key, doc_id, text, extra=None, reason=None) -> dict:
           "reason": reason}
 
 
-def _read_txt(index: int, path: str, data: bytes, cfg: ReadConfig):
+def _read_txt(file_no: int, path: str, data: bytes, cfg: ReadConfig):
   blocks = [data] if cfg.split == "file" else [
       b for b in _BLANK_LINE.split(data) if b.strip()]
   for pos, block in enumerate(blocks):
     text, ok = _decode(block, cfg.on_decode_error)
-    yield _doc((index, path, pos), f"{path}#{pos}", text,
+    yield _doc((file_no, pos), f"{path}#{pos}", text,
                reason=None if ok else "decode_error")
 
 
-def _read_jsonl_line(index, path, pos, line: bytes, cfg: ReadConfig) -> dict:
-  key, default_id = (index, path, pos), f"{path}#{pos}"
+def _read_jsonl_line(file_no, path, pos, line: bytes, cfg: ReadConfig) -> dict:
+  key, default_id = (file_no, pos), f"{path}#{pos}"
   text, ok = _decode(line, cfg.on_decode_error)
   try:
     record = json.loads(text)
@@ -92,18 +95,18 @@ def read_file(file: Tuple[int, str, int], cfg: ReadConfig) -> Iterator[dict]:
   A file that cannot be read (e.g. truncated gzip) yields one `read_error`
   record instead of failing the pipeline.
   """
-  index, path, _ = file
+  file_no, path, _ = file
   pos = 0
   try:
     # Python's gzip, unlike Beam's, raises on a truncated stream.
     with FileSystems.open(path, compression_type="uncompressed") as raw, (
         gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw) as f:
       if path.endswith(".txt"):
-        yield from _read_txt(index, path, f.read(), cfg)
+        yield from _read_txt(file_no, path, f.read(), cfg)
         return
       for pos, line in enumerate(iter(f.readline, b"")):
         if line.strip():
-          yield _read_jsonl_line(index, path, pos, line, cfg)
+          yield _read_jsonl_line(file_no, path, pos, line, cfg)
   except (OSError, EOFError, ValueError) as e:
-    yield _doc((index, path, pos + 1), f"{path}#read_error", str(e),
+    yield _doc((file_no, pos + 1), f"{path}#read_error", str(e),
                reason="read_error")
