@@ -7,7 +7,7 @@ import pytest
 
 from lm.training.optimizers import OptimizerConfig, decay_mask, make_optimizer, make_schedule
 from lm.training.step import LossConfig, cross_entropy
-from train_utils import NANO, Trainer, char_batches, mesh_of
+from train_utils import NANO, Trainer, char_batches, mesh_of, trainer_for
 
 
 def _np_ce(logits, targets, weights, eps=0.0, z=0.0):
@@ -80,10 +80,10 @@ def test_gradient_accumulation_matches_one_big_batch(one_device):
 
 @pytest.mark.parametrize("changes", [dict(remat="full"), dict(remat="save_dots"),
                                      dict(scan_layers=True)])
-def test_remat_and_scan_do_not_change_the_loss(one_device, changes):
+def test_remat_and_scan_do_not_change_the_loss(changes):
   import dataclasses
-  base = Trainer(one_device)
-  other = Trainer(one_device, cfg=dataclasses.replace(NANO, **changes))
+  base = trainer_for((1, 1, 1))
+  other = Trainer(base.mesh, cfg=dataclasses.replace(NANO, **changes))
   _, ref = base.losses(base.init(), char_batches()[:2])
   state = other.init()
   if changes.get("scan_layers"):  # same weights, stacked on a leading "layers" axis
