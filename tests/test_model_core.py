@@ -53,3 +53,12 @@ def test_packed_row_equals_sequences_run_alone(nano):
   out = model.apply({"params": params}, packed, positions, segments)
   np.testing.assert_allclose(out[:, :3], model.apply({"params": params}, first), atol=1e-5)
   np.testing.assert_allclose(out[:, 3:], model.apply({"params": params}, second), atol=1e-5)
+
+
+def test_exact_gelu_and_its_gradient_match_autodiff():
+  from lm.models.layers import gelu_exact
+  x = jnp.linspace(-6, 6, 101)
+  reference = lambda v: jax.nn.gelu(v, approximate=False)
+  np.testing.assert_allclose(gelu_exact(x), reference(x), atol=1e-6)
+  np.testing.assert_allclose(jax.vmap(jax.grad(gelu_exact))(x), jax.vmap(jax.grad(reference))(x),
+                             atol=1e-6)
