@@ -4,6 +4,7 @@
       [--gin.TRAIN_STEPS=500 ...] [--coordinator_address=host:port --num_processes=N --process_id=i]
 """
 import argparse
+import os
 
 import gin
 import jax
@@ -38,6 +39,18 @@ def sample_after_training(result, input_cfg=gin.REQUIRED, num_tokens: int = 0,
   print(vocab.decode(np.asarray(tokens[0]).tolist()))
 
 
+@gin.configurable
+def host_devices(count: int = 1):
+  """Splits the host CPU into `count` JAX devices (must run before JAX starts its backends).
+
+  XLA:CPU runs most of one program's small ops on a single core; with one device per core the
+  data-parallel mesh runs a program on each. Accelerator backends are unaffected.
+  """
+  flag = f"--xla_force_host_platform_device_count={count}"
+  if count > 1 and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
+
+
 def _main(argv):
   parser = argparse.ArgumentParser(prog="lm-train", description=__doc__.split("\n")[0])
   parser.add_argument("--gin_file", action="append", default=[], help="gin config (repeatable)")
@@ -59,6 +72,7 @@ def _main(argv):
   except ImportError as e:  # a TF-less image trains from lm.data.arrays inputs
     print(f"note: SeqIO input unavailable ({e}); use lm.data.arrays inputs")
   parse_gin(args.gin_file, bindings)
+  host_devices()
   result = loop.train(args.model_dir)
   sample_after_training(result)
 

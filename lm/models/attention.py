@@ -46,19 +46,23 @@ def dot_product_attention(q_BLHK, k_BSGK, v_BSGK, mask_B1LS, backend: str = "jnp
     return jax.nn.dot_product_attention(q_BLHK, k_BSGK, v_BSGK, bias=bias_BHLS, mask=mask_B1LS)
   b, l, h, k = q_BLHK.shape
   g = k_BSGK.shape[2]
-  q_BLGRK = q_BLHK.reshape(b, l, g, h // g, k) * (k ** -0.5)
-  scores_BGRLS = jnp.einsum("blgrk,bsgk->bgrls", q_BLGRK, k_BSGK).astype(jnp.float32)
+  if g == h:  # MHA: plain 4-D dots, which XLA:CPU runs faster than the grouped 5-D form
+    q, scores_eq, out_eq = q_BLHK, "blhk,bshk->bhls", "bhls,bshk->blhk"
+  else:  # query heads grouped by the key/value head they share: [B, L, G, H/G, K]
+    q = q_BLHK.reshape(b, l, g, h // g, k)
+    scores_eq, out_eq = "blgrk,bsgk->bgrls", "bgrls,bsgk->blgrk"
+  scores = jnp.einsum(scores_eq, q * (k ** -0.5), k_BSGK).astype(jnp.float32)
   if softcap is not None:
-    scores_BGRLS = softcap * jnp.tanh(scores_BGRLS / softcap)
+    scores = softcap * jnp.tanh(scores / softcap)
   if bias_BHLS is not None:
-    scores_BGRLS += bias_BHLS.reshape((bias_BHLS.shape[0], g, h // g) + bias_BHLS.shape[2:])
-  scores_BGRLS = jnp.where(mask_B1LS[:, :, None], scores_BGRLS, jnp.finfo(jnp.float32).min)
-  probs_BGRLS = jax.nn.softmax(scores_BGRLS, axis=-1).astype(v_BSGK.dtype)
+    scores += bias_BHLS.reshape(bias_BHLS.shape[:1] + scores.shape[1:])
+  mask = mask_B1LS.reshape(mask_B1LS.shape[:2] + (1,) * (scores.ndim - 4) + mask_B1LS.shape[2:])
+  scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v_BSGK.dtype)
   if dropout_rng is not None and dropout_rate > 0:
-    keep = jax.random.bernoulli(dropout_rng, 1 - dropout_rate, probs_BGRLS.shape)
-    probs_BGRLS = jnp.where(keep, probs_BGRLS / (1 - dropout_rate), 0).astype(v_BSGK.dtype)
-  out_BLGRK = jnp.einsum("bgrls,bsgk->blgrk", probs_BGRLS, v_BSGK)
-  return out_BLGRK.reshape(b, l, h, k)
+    keep = jax.random.bernoulli(dropout_rng, 1 - dropout_rate, probs.shape)
+    probs = jnp.where(keep, probs / (1 - dropout_rate), 0).astype(v_BSGK.dtype)
+  return jnp.einsum(out_eq, probs, v_BSGK).reshape(b, l, h, k)
 
 
 class Attention(nn.Module):
