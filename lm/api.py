@@ -9,7 +9,9 @@ import numpy as np
 from lm.models.config import ModelConfig
 from lm.models.transformer import Transformer
 from lm.sampling import generate
+from lm.sharding import make_mesh
 from lm.training import checkpoints
+from lm.training.state import param_shardings
 
 
 @dataclasses.dataclass
@@ -45,5 +47,10 @@ def load(model_dir: str, step: int | None = None) -> LoadedModel:
   with open(path) as f:
     saved = json.load(f)
   config = ModelConfig(**saved["model"])
-  params = checkpoints.restore_params(os.path.join(model_dir, "checkpoints"), step)
+  # Restore onto this process's first device, whatever mesh the run was saved from.
+  mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
+  abstract, shardings = param_shardings(Transformer(config), mesh, seq_len=1)
+  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          abstract, shardings)
+  params = checkpoints.restore_params(os.path.join(model_dir, "checkpoints"), step, abstract)
   return LoadedModel(config=config, params=params, task=saved.get("task"))

@@ -37,3 +37,10 @@ def test_lm_sample_cli(trained_run, capsys):
     assert e.code == 0
   out = capsys.readouterr().out
   assert out.startswith("ROMEO:") and len(out.splitlines()[0]) >= 6
+
+
+def test_load_restores_a_run_saved_on_another_mesh(trained_run):
+  # trained_run was saved from an 8-device data-parallel mesh; load puts it on one device.
+  model = lm.load(trained_run)
+  leaf = jax.tree.leaves(model.params)[0]
+  assert len(leaf.sharding.device_set) == 1
