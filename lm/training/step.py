@@ -80,8 +80,12 @@ def train_step(state: TrainState, batch, *, model: nn.Module, tx: optax.Gradient
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = {"loss": loss_sum / denom, "z_loss": z_sum / denom,
-             "grad_norm": optax.global_norm(grads), "tokens": weight_sum}
+             "grad_norm": _global_norm(grads), "tokens": weight_sum}
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def _global_norm(tree):
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
 
 
 def eval_step(params, batch, *, model: nn.Module):
