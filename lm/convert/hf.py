@@ -119,7 +119,7 @@ def config_to_hf(cfg: ModelConfig) -> dict:
 
 def _layer_map(cfg: ModelConfig, kind: str):
   """[(hf name, lm path, to_lm, to_hf)] of one layer; to_lm maps an HF array to lm's shape."""
-  d, h, g, k, f = cfg.d_model, cfg.num_heads, cfg.kv_heads, cfg.dim_per_head, cfg.mlp_dim
+  d, h, g, k = cfg.d_model, cfg.num_heads, cfg.kv_heads, cfg.dim_per_head
   same = lambda x: x
   if kind == "llama":  # nn.Linear: [out, in]
     heads_in = lambda n: (lambda w: w.T.reshape(d, n, k), lambda w: w.reshape(d, n * k).T)
