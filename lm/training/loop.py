@@ -108,9 +108,13 @@ def train(model_dir: str, *, model_cfg: ModelConfig = gin.REQUIRED, input_cfg=gi
     eval_fn = jax.jit(functools.partial(eval_step, model=model),
                       in_shardings=(shardings.params, batch_sharding(mesh)))
 
+    eval_batches = []  # the same fixed batches every eval: read them once
+
     def evaluate():
+      if not eval_batches:
+        eval_batches.extend(_take(batches_fn(input_cfg, "validation"), eval_steps))
       totals = jnp.zeros(2)
-      for batch in _take(batches_fn(input_cfg, "validation"), eval_steps):
+      for batch in eval_batches:
         totals += jnp.stack(eval_fn(state.params, global_batch(mesh, batch)))
       loss = float(totals[0] / totals[1])
       return {"eval/loss": loss, "eval/perplexity": float(jnp.exp(loss))}
