@@ -11,7 +11,7 @@ from lm.models.transformer import Transformer
 from lm.sampling import generate
 from lm.sharding import make_mesh
 from lm.training import checkpoints
-from lm.training.state import param_shardings
+from lm.training.state import param_shardings, with_shardings
 
 
 @dataclasses.dataclass
@@ -50,7 +50,6 @@ def load(model_dir: str, step: int | None = None) -> LoadedModel:
   # Restore onto this process's first device, whatever mesh the run was saved from.
   mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
   abstract, shardings = param_shardings(Transformer(config), mesh, seq_len=1)
-  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                          abstract, shardings)
+  abstract = with_shardings(abstract, shardings)
   params = checkpoints.restore_params(os.path.join(model_dir, "checkpoints"), step, abstract)
   return LoadedModel(config=config, params=params, task=saved.get("task"))

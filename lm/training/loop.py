@@ -1,6 +1,7 @@
 """The outer training loop: mesh -> input -> jitted steps -> metrics, evals, checkpoints."""
 import dataclasses
 import functools
+import itertools
 import json
 import os
 import time
@@ -21,7 +22,7 @@ from lm.sharding import (DEFAULT_RULES, batch_sharding, check_divisible, global_
 from lm.training import checkpoints
 from lm.training.metrics import MetricsWriter, peak_flops_per_device
 from lm.training.optimizers import OptimizerConfig, make_optimizer, make_schedule
-from lm.training.state import abstract_state, create_state, state_shardings
+from lm.training.state import abstract_state, create_state, state_shardings, with_shardings
 from lm.training.step import LossConfig, eval_step, train_step
 
 MODEL_JSON = "model.json"
@@ -112,7 +113,7 @@ def train(model_dir: str, *, model_cfg: ModelConfig = gin.REQUIRED, input_cfg=gi
 
     def evaluate():
       if not eval_batches:
-        eval_batches.extend(_take(batches_fn(input_cfg, "validation"), eval_steps))
+        eval_batches.extend(itertools.islice(batches_fn(input_cfg, "validation"), eval_steps))
       totals = jnp.zeros(2)
       for batch in eval_batches:
         totals += jnp.stack(eval_fn(state.params, global_batch(mesh, batch)))
@@ -164,18 +165,12 @@ def train(model_dir: str, *, model_cfg: ModelConfig = gin.REQUIRED, input_cfg=gi
 
 def _params_from(model_dir: str, params, shardings):
   """The latest params of another run directory, restored onto `params`' shapes and shardings."""
-  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                          params, shardings)
+  abstract = with_shardings(params, shardings)
   try:
     return checkpoints.restore_params(os.path.join(model_dir, "checkpoints"),
                                       abstract_params=abstract)
   except (FileNotFoundError, ValueError, KeyError) as e:
     raise UserError(f"cannot initialize from {model_dir}: {e}") from None
-
-
-def _take(iterator, n):
-  for _ in range(n):
-    yield next(iterator)
 
 
 def _write_run_files(model_dir: str, cfg: ModelConfig, task: str):

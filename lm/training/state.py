@@ -56,5 +56,10 @@ def create_state(model, tx, shardings: TrainState, seq_len: int, seed: int) -> T
 def abstract_state(model, tx, shardings: TrainState, seq_len: int) -> TrainState:
   """The state's shapes and dtypes, each carrying its target sharding (what a restore needs)."""
   shapes = jax.eval_shape(functools.partial(create_state, model, tx, shardings, seq_len, 0))
+  return with_shardings(shapes, shardings)
+
+
+def with_shardings(shapes, shardings):
+  """ShapeDtypeStructs carrying target shardings: where Orbax puts each restored array."""
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                       shapes, shardings)
