@@ -1,0 +1,53 @@
+"""Saves a SeqIO task's vocabulary as a model directory's tokenizer (read by lm.tokenizers).
+
+The training loop calls `save_task_tokenizer` so that every run directory can turn text into
+ids and back without TensorFlow: the character table goes to MODEL_DIR/tokenizer/chars.json,
+a SentencePiece model is copied to MODEL_DIR/tokenizer/spm.model.
+"""
+import json
+import os
+import shutil
+import tempfile
+
+import seqio
+import tensorflow as tf
+
+from lm import tokenizers
+from lm.data.pipeline import vocabulary
+from lm.data.vocabularies import CharVocabulary
+
+
+def _base_vocabulary(vocab: seqio.Vocabulary) -> seqio.Vocabulary:
+  """Unwraps lazily built vocabularies (lm.data.tasks._LazyVocabulary holds a factory)."""
+  factory = getattr(vocab, "_factory", None)
+  return factory() if callable(factory) else vocab
+
+
+def save_task_tokenizer(task: str, model_dir: str) -> str | None:
+  """Writes the tokenizer of a registered task to MODEL_DIR/tokenizer/; returns that directory,
+  or None for a vocabulary lm.tokenizers cannot represent (the run then works on ids only).
+
+  The directory is replaced as a whole (written beside it, then renamed), so a reader never
+  sees half a tokenizer.
+  """
+  vocab = _base_vocabulary(vocabulary(task))
+  if isinstance(vocab, CharVocabulary):
+    def write(tmp):
+      with open(os.path.join(tmp, tokenizers.CHARS_FILE), "w", encoding="utf-8") as f:
+        json.dump({"chars": vocab.chars}, f, ensure_ascii=False)
+  elif isinstance(vocab, seqio.SentencePieceVocabulary) and not vocab.extra_ids:
+    def write(tmp):  # the path may be on any TF filesystem (gs://...)
+      tf.io.gfile.copy(vocab.sentencepiece_model_file, os.path.join(tmp, tokenizers.SPM_FILE))
+  else:
+    return None
+  target = tokenizers.tokenizer_dir(model_dir)
+  os.makedirs(model_dir, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=".tokenizer-", dir=model_dir)
+  try:
+    write(tmp)
+    if os.path.exists(target):
+      shutil.rmtree(target)
+    os.replace(tmp, target)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  return target

@@ -1,0 +1,220 @@
+"""Text in and out of a model directory, without TensorFlow or SeqIO.
+
+A model directory keeps its tokenizer in MODEL_DIR/tokenizer/, as exactly one of:
+
+  chars.json          {"chars": "..."}: lm.data.vocabularies.CharVocabulary's table (pad 0,
+                      eos 1, unk 2, then the sorted characters from id 3)
+  spm.model           a SentencePiece model (seqio.SentencePieceVocabulary's ids: the model's
+                      own pad/eos/unk/bos, no extra ids)
+  tokenizer.json      an HF `tokenizers` tokenizer, with tokenizer_config.json (special tokens,
+                      chat template) and optionally special_tokens_map.json and
+                      chat_template.jinja, as transformers writes them
+
+`load_tokenizer(model_dir)` returns the matching `Tokenizer`, or None when the directory has
+none (the model then takes token ids only).
+"""
+import abc
+import datetime
+import json
+import os
+
+import jinja2
+import jinja2.sandbox
+
+from lm.errors import UserError
+
+TOKENIZER_DIR = "tokenizer"
+CHARS_FILE, SPM_FILE, HF_FILE = "chars.json", "spm.model", "tokenizer.json"
+HF_CONFIG_FILE, HF_TEMPLATE_FILE = "tokenizer_config.json", "chat_template.jinja"
+# Every file of an HF tokenizer that import-hf copies and export-hf writes back.
+HF_TOKENIZER_FILES = (HF_FILE, HF_CONFIG_FILE, "special_tokens_map.json", HF_TEMPLATE_FILE)
+
+
+class Tokenizer(abc.ABC):
+  """str <-> token ids for one model."""
+
+  chat_template: str | None = None
+
+  @abc.abstractmethod
+  def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+    """Token ids of `text`. add_special_tokens: what the tokenizer adds around a text (e.g. an
+    HF BOS); char and SentencePiece tokenizers add nothing, as in training."""
+
+  @abc.abstractmethod
+  def decode(self, ids, skip_special_tokens: bool = True) -> str:
+    """Text of `ids`; pad/eos/unk-like control ids are dropped (unless skip_special_tokens=False
+    for an HF tokenizer)."""
+
+  @property
+  @abc.abstractmethod
+  def eos_id(self) -> int | None:
+    """The end-of-sequence id, None where the tokenizer has none."""
+
+  @property
+  @abc.abstractmethod
+  def bos_id(self) -> int | None:
+    """The beginning-of-sequence id, None where the tokenizer has none."""
+
+  @property
+  @abc.abstractmethod
+  def vocab_size(self) -> int:
+    """Number of ids, special tokens included (the model's vocab_size may be padded above it)."""
+
+  def special_tokens(self) -> dict[str, str]:
+    """{"bos_token": "<s>", ...}: what a chat template may refer to."""
+    return {}
+
+  def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+    """The prompt text of a chat ([{"role": ..., "content": ...}]) rendered as transformers does.
+
+    The text already holds any BOS the template writes: encode it with
+    add_special_tokens=False (as transformers' apply_chat_template(tokenize=True) does).
+    """
+    if not self.chat_template:
+      raise UserError("this model's tokenizer has no chat template")
+    env = jinja2.sandbox.ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.filters["tojson"] = lambda x, indent=None, **kw: json.dumps(x, indent=indent,
+                                                                    ensure_ascii=False, **kw)
+    env.globals["raise_exception"] = _raise
+    env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
+    try:
+      return env.from_string(self.chat_template).render(
+          messages=messages, add_generation_prompt=add_generation_prompt, tools=None,
+          documents=None, **self.special_tokens())
+    except jinja2.TemplateError as e:
+      raise UserError(f"chat template: {e}") from None
+
+
+def _raise(message):
+  raise jinja2.TemplateError(message)
+
+
+class CharTokenizer(Tokenizer):
+  """One id per character: the ids of lm.data.vocabularies.CharVocabulary."""
+  PAD_ID, EOS_ID, UNK_ID, NUM_SPECIAL = 0, 1, 2, 3
+
+  def __init__(self, chars: str):
+    self.chars = "".join(sorted(set(chars)))
+    self._index = {c: i + self.NUM_SPECIAL for i, c in enumerate(self.chars)}
+
+  def encode(self, text, add_special_tokens=True):
+    return [self._index.get(c, self.UNK_ID) for c in text]
+
+  def decode(self, ids, skip_special_tokens=True):
+    n = self.NUM_SPECIAL
+    return "".join(self.chars[i - n] for i in map(int, ids) if n <= i < self.vocab_size)
+
+  @property
+  def eos_id(self):
+    return self.EOS_ID
+
+  @property
+  def bos_id(self):
+    return None
+
+  @property
+  def vocab_size(self):
+    return len(self.chars) + self.NUM_SPECIAL
+
+
+class SentencePieceTokenizer(Tokenizer):
+  """A SentencePiece .model: the ids of seqio.SentencePieceVocabulary (without extra ids)."""
+
+  def __init__(self, path: str):
+    import sentencepiece  # pylint: disable=import-outside-toplevel
+    self._sp = sentencepiece.SentencePieceProcessor(model_file=path)
+
+  def encode(self, text, add_special_tokens=True):
+    return self._sp.EncodeAsIds(text)
+
+  def decode(self, ids, skip_special_tokens=True):
+    unk, n = self._sp.unk_id(), self.vocab_size
+    return self._sp.DecodeIds([int(i) if 0 <= i < n else unk for i in map(int, ids)])
+
+  @property
+  def eos_id(self):
+    return _id_or_none(self._sp.eos_id())
+
+  @property
+  def bos_id(self):
+    return _id_or_none(self._sp.bos_id())
+
+  @property
+  def vocab_size(self):
+    return self._sp.GetPieceSize()
+
+
+def _id_or_none(i: int) -> int | None:
+  return None if i < 0 else i
+
+
+class HFTokenizer(Tokenizer):
+  """An HF tokenizer.json (`tokenizers` library) with its tokenizer_config.json."""
+
+  def __init__(self, directory: str):
+    import tokenizers  # pylint: disable=import-outside-toplevel
+    self._tok = tokenizers.Tokenizer.from_file(os.path.join(directory, HF_FILE))
+    config = {}
+    for name in ("special_tokens_map.json", HF_CONFIG_FILE):  # the config wins
+      path = os.path.join(directory, name)
+      if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+          config.update(json.load(f))
+    self._special = {k: _token_text(config[k]) for k in
+                     ("bos_token", "eos_token", "unk_token", "pad_token") if config.get(k)}
+    template = config.get("chat_template")
+    if isinstance(template, list):  # named templates: [{"name": "default", "template": ...}]
+      template = {t["name"]: t["template"] for t in template}.get("default")
+    path = os.path.join(directory, HF_TEMPLATE_FILE)
+    if os.path.exists(path):
+      with open(path, encoding="utf-8") as f:
+        template = f.read()
+    self.chat_template = template
+
+  def encode(self, text, add_special_tokens=True):
+    return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+
+  def decode(self, ids, skip_special_tokens=True):
+    return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+  def _id(self, name):
+    token = self._special.get(name)
+    return None if token is None else self._tok.token_to_id(token)
+
+  @property
+  def eos_id(self):
+    return self._id("eos_token")
+
+  @property
+  def bos_id(self):
+    return self._id("bos_token")
+
+  @property
+  def vocab_size(self):
+    return self._tok.get_vocab_size(with_added_tokens=True)
+
+  def special_tokens(self):
+    return dict(self._special)
+
+
+def _token_text(token) -> str:
+  """A special token as tokenizer_config.json spells it: a string or an AddedToken dict."""
+  return token["content"] if isinstance(token, dict) else token
+
+
+def tokenizer_dir(model_dir: str) -> str:
+  return os.path.join(model_dir, TOKENIZER_DIR)
+
+
+def load_tokenizer(model_dir: str) -> Tokenizer | None:
+  """The tokenizer saved in MODEL_DIR/tokenizer/, or None if there is none."""
+  directory = tokenizer_dir(model_dir)
+  if os.path.exists(os.path.join(directory, HF_FILE)):
+    return HFTokenizer(directory)
+  if os.path.exists(os.path.join(directory, SPM_FILE)):
+    return SentencePieceTokenizer(os.path.join(directory, SPM_FILE))
+  if os.path.exists(os.path.join(directory, CHARS_FILE)):
+    with open(os.path.join(directory, CHARS_FILE), encoding="utf-8") as f:
+      return CharTokenizer(json.load(f)["chars"])
+  return None
