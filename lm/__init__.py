@@ -2,7 +2,7 @@
 __version__ = "0.1.0"
 
 
-def load(model_dir: str, step: int | None = None):
-  """Loads a trained run: see lm.api.load."""
+def load(model_dir: str, step: int | None = None, mesh_shape=None):
+  """Loads a model directory (a run or an import) onto a mesh: see lm.api.load."""
   from lm.api import load as _load  # lazy: `import lm` stays cheap
-  return _load(model_dir, step)
+  return _load(model_dir, step, mesh_shape)

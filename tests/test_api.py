@@ -1,4 +1,6 @@
 """lm.load: the notebook API over a trained run, and lm-sample."""
+import os
+
 import jax
 import numpy as np
 
@@ -37,6 +39,13 @@ def test_lm_sample_cli(trained_run, capsys):
     assert e.code == 0
   out = capsys.readouterr().out
   assert out.startswith("ROMEO:") and len(out.splitlines()[0]) >= 6
+
+
+def test_load_accepts_a_relative_path(trained_run, monkeypatch):
+  """Issue 8 item 1: Orbax wants absolute paths; lm.load must resolve relative ones."""
+  monkeypatch.chdir(os.path.dirname(trained_run))
+  model = lm.load(os.path.basename(trained_run))
+  np.testing.assert_array_equal(model.logits([[5, 9]]), lm.load(trained_run).logits([[5, 9]]))
 
 
 def test_load_restores_a_run_saved_on_another_mesh(trained_run):
