@@ -2,14 +2,81 @@
 
 Masks come from positions and segment ids rather than from a fixed square, so a decoding
 step (one query against a cache of keys) runs the same code as training.
+
+KV cache: `KVCache` holds, for every layer, the keys and values of the tokens seen so far in S
+slots (only the kv_heads are cached). A token's slot is its index in the decoded stream modulo
+S (`KVCache.index` counts the tokens written), so with sliding-window attention S =
+attention_window makes the cache a ring buffer whose memory does not grow with the output: the
+token a write overwrites is exactly the one that just left every query's window. The slot's
+key position is kept in `pos_BS` (-1: empty or padding), and the mask is built from it.
 """
+import functools
+import logging
+from typing import Any
+
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 
 from lm.models.config import ModelConfig
 from lm.models.layers import DenseGeneral, Norm, constrain
 from lm.models.positions import RelativeBias, alibi_bias, rope, rope_frequencies
+
+_CACHE_AXES = ("batch", "length", "kv_heads", "head_dim")
+
+
+@flax.struct.dataclass
+class KVCache:
+  """Keys and values of every layer, and where each slot's token sits.
+
+  k, v: per layer [B, S, G, K] in the compute dtype: a tuple of num_layers arrays, or one
+    [num_layers, B, S, G, K] array when cfg.scan_layers (the scanned layers read and write
+    their slice).
+  pos_BS: int32 position of the token in each slot; -1 for an empty slot or a padding token.
+  index: int32 scalar, tokens written so far (left padding included); the next goes to slot
+    index % S.
+  next_pos_B: int32 position the next token of each row takes.
+  """
+  k: Any
+  v: Any
+  pos_BS: jax.Array
+  index: jax.Array
+  next_pos_B: jax.Array
+
+  @property
+  def length(self) -> int:
+    """S, the number of slots."""
+    return self.pos_BS.shape[1]
+
+
+def init_cache(cfg: ModelConfig, batch: int, length: int) -> KVCache:
+  """An empty cache of `length` slots for `batch` rows."""
+  shape = (batch, length, cfg.kv_heads, cfg.dim_per_head)
+  if cfg.scan_layers:
+    k = v = jnp.zeros((cfg.num_layers,) + shape, cfg.compute_dtype)
+  else:
+    k = v = tuple(jnp.zeros(shape, cfg.compute_dtype) for _ in range(cfg.num_layers))
+  return KVCache(k=k, v=v, pos_BS=jnp.full((batch, length), -1, jnp.int32),
+                 index=jnp.zeros((), jnp.int32), next_pos_B=jnp.zeros((batch,), jnp.int32))
+
+
+def write_prefill(buf_BS, new_BL):
+  """Writes tokens 0..L-1 of an empty cache into slots t % S (the last S when L > S)."""
+  s, l = buf_BS.shape[1], new_BL.shape[1]
+  new_BL = new_BL.astype(buf_BS.dtype)
+  if l <= s:
+    return jax.lax.dynamic_update_slice_in_dim(buf_BS, new_BL, 0, axis=1)
+  return jnp.roll(new_BL[:, l - s:], (l - s) % s, axis=1)
+
+
+def write_step(buf_BS, new_BL, index):
+  """Writes tokens index..index+L-1 into slots (index + i) % S (L <= S)."""
+  s, l = buf_BS.shape[1], new_BL.shape[1]
+  new_BL = new_BL.astype(buf_BS.dtype)
+  if l == 1:  # the decode step: one in-place slice update
+    return jax.lax.dynamic_update_slice_in_dim(buf_BS, new_BL, index % s, axis=1)
+  return buf_BS.at[:, (index + jnp.arange(l)) % s].set(new_BL)
 
 
 def make_mask(q_pos_BL, k_pos_BS, q_seg_BL=None, k_seg_BS=None, window: int | None = None,
@@ -33,17 +100,50 @@ def make_mask(q_pos_BL, k_pos_BS, q_seg_BL=None, k_seg_BS=None, window: int | No
   return mask_BLS[:, None]
 
 
+def _xla_implementation(dtype) -> str | None:
+  """'cudnn' where jax.nn.dot_product_attention has a cuDNN kernel for `dtype`, else None (XLA)."""
+  on_gpu = jax.default_backend() == "gpu"
+  return "cudnn" if on_gpu and dtype in (jnp.bfloat16, jnp.float16) else None
+
+
+@functools.cache
+def _warn_cudnn_fallback(reason: str):
+  logging.warning("attention_backend='xla': cuDNN attention refused these shapes (%s); "
+                  "using XLA's attention instead", reason)
+
+
+def _xla_attention(q_BLHK, k_BSGK, v_BSGK, mask_B1LS, bias_BHLS, causal: bool,
+                   window: int | None):
+  """jax.nn.dot_product_attention; a plain causal (or causal sliding-window) mask is passed as
+  is_causal / local_window_size so cuDNN can skip the hidden blocks instead of reading a mask."""
+  kwargs = dict(bias=bias_BHLS, mask=None if causal else mask_B1LS, is_causal=causal,
+                local_window_size=(window - 1, 0) if causal and window is not None else None)
+  implementation = _xla_implementation(q_BLHK.dtype)
+  if implementation == "cudnn":
+    try:
+      return jax.nn.dot_product_attention(q_BLHK, k_BSGK, v_BSGK, implementation="cudnn",
+                                          **kwargs)
+    except (ValueError, NotImplementedError, RuntimeError) as e:  # unsupported shape or mask
+      _warn_cudnn_fallback(str(e).splitlines()[0] if str(e) else type(e).__name__)
+  return jax.nn.dot_product_attention(q_BLHK, k_BSGK, v_BSGK, implementation=None, **kwargs)
+
+
 def dot_product_attention(q_BLHK, k_BSGK, v_BSGK, mask_B1LS, backend: str = "jnp", *,
                           bias_BHLS=None, softcap: float | None = None,
-                          dropout_rate: float = 0.0, dropout_rng=None):
+                          dropout_rate: float = 0.0, dropout_rng=None, causal: bool = False,
+                          window: int | None = None):
   """softmax(cap(q k^T / sqrt(K)) + bias + mask) v; G key/value heads serve H/G query heads.
 
-  `jnp` is the readable reference; `xla` calls `jax.nn.dot_product_attention`, which picks
-  cuDNN flash attention on GPUs that support it (no soft-capping or dropout there).
+  `jnp` is the readable reference. `xla` calls `jax.nn.dot_product_attention`: on a GPU with
+  bf16/fp16 activations it asks for the cuDNN fused (flash) kernel and falls back to XLA's
+  attention, with a warning, where cuDNN refuses the shapes; elsewhere it is XLA's attention
+  (the scores are materialised, as in `jnp`). No soft-capping or dropout there.
+  causal: the mask is plain causal over aligned positions 0..L-1 (with `window`: also local),
+  which the xla backend passes as is_causal / local_window_size instead of the mask array.
   softcap: Gemma 2's cap * tanh(scores / cap). dropout_rng: drops attention probabilities.
   """
   if backend == "xla":
-    return jax.nn.dot_product_attention(q_BLHK, k_BSGK, v_BSGK, bias=bias_BHLS, mask=mask_B1LS)
+    return _xla_attention(q_BLHK, k_BSGK, v_BSGK, mask_B1LS, bias_BHLS, causal, window)
   b, l, h, k = q_BLHK.shape
   g = k_BSGK.shape[2]
   if g == h:  # MHA: plain 4-D dots, which XLA:CPU runs faster than the grouped 5-D form
@@ -66,12 +166,24 @@ def dot_product_attention(q_BLHK, k_BSGK, v_BSGK, mask_B1LS, backend: str = "jnp
 
 
 class Attention(nn.Module):
-  """Self-attention block: projections, optional qk-norm and RoPE, masked attention, output."""
+  """Self-attention block: projections, optional qk-norm and RoPE, masked attention, output.
+
+  Without `kv` it attends within the given tokens (training). With a layer's cache
+  kv = (k_BSGK, v_BSGK) it also returns the updated pair:
+  - cache_mode 'prefill': the cache is empty; the tokens (real ones marked by segment id 1,
+    padding by 0) attend among themselves, then are written to slots 0.. (mod S).
+  - cache_mode 'decode': the tokens are written at slot `index` (mod S), then attend to every
+    slot whose position `cache_pos_BS` (after the write) the mask allows.
+  causal: positions are 0..L-1 in every row, one segment, no cache (a plain causal mask).
+  """
   cfg: ModelConfig
   deterministic: bool = True
+  cache_mode: str = "prefill"
+  causal: bool = False
 
   @nn.compact
-  def __call__(self, x_BLD, positions_BL, segment_ids_BL):
+  def __call__(self, x_BLD, positions_BL, segment_ids_BL, kv=None, cache_pos_BS=None,
+               index=None):
     cfg = self.cfg
     d, h, g, k = cfg.d_model, cfg.num_heads, cfg.kv_heads, cfg.dim_per_head
     q_BLHK = DenseGeneral((d,), (h, k), ("embed", "heads", "head_dim"), cfg, name="query")(x_BLD)
@@ -87,21 +199,34 @@ class Attention(nn.Module):
     q_BLHK = constrain(q_BLHK, ("batch", "length", "heads", "head_dim"))
     k_BLGK = constrain(k_BLGK, ("batch", "length", "kv_heads", "head_dim"))
     v_BLGK = constrain(v_BLGK, ("batch", "length", "kv_heads", "head_dim"))
-    mask = make_mask(positions_BL, positions_BL, segment_ids_BL, segment_ids_BL,
+    new_kv, k_pos_BS, q_seg_BL, k_seg_BS = None, positions_BL, segment_ids_BL, segment_ids_BL
+    if kv is not None:
+      k_cache, v_cache = kv
+      if self.cache_mode == "prefill":
+        new_kv = (write_prefill(k_cache, k_BLGK), write_prefill(v_cache, v_BLGK))
+      else:
+        new_kv = (write_step(k_cache, k_BLGK, index), write_step(v_cache, v_BLGK, index))
+        k_BLGK, v_BLGK = new_kv  # attend over every slot
+        k_pos_BS, k_seg_BS = cache_pos_BS, (cache_pos_BS >= 0).astype(jnp.int32)
+        q_seg_BL = jnp.ones_like(positions_BL, jnp.int32)
+      new_kv = tuple(constrain(c, _CACHE_AXES) for c in new_kv)
+    mask = make_mask(positions_BL, k_pos_BS, q_seg_BL, k_seg_BS,
                      window=cfg.attention_window, sparse_block=cfg.sparse_block_size,
                      sparse_summary=cfg.sparse_summary_tokens,
                      sparse_global=cfg.sparse_global_tokens)
     bias_BHLS = None  # built only when used: the default path adds nothing to the scores
     if cfg.positions == "alibi":
-      bias_BHLS = alibi_bias(positions_BL, positions_BL, h)
+      bias_BHLS = alibi_bias(positions_BL, k_pos_BS, h)
     elif cfg.positions == "relative":
-      bias_BHLS = RelativeBias(cfg, name="rel_bias")(positions_BL, positions_BL)
+      bias_BHLS = RelativeBias(cfg, name="rel_bias")(positions_BL, k_pos_BS)
     dropout_rng = None
     if cfg.attention_dropout_rate > 0 and not self.deterministic:
       dropout_rng = self.make_rng("dropout")
-    out_BLHK = dot_product_attention(q_BLHK, k_BLGK, v_BLGK, mask, cfg.attention_backend,
-                                     bias_BHLS=bias_BHLS, softcap=cfg.attn_logit_softcap,
-                                     dropout_rate=cfg.attention_dropout_rate,
-                                     dropout_rng=dropout_rng)
-    return DenseGeneral((h, k), (d,), ("heads", "head_dim", "embed"), cfg,
-                        init_std=cfg.residual_init_std, name="out")(out_BLHK)
+    out_BLHK = dot_product_attention(
+        q_BLHK, k_BLGK, v_BLGK, mask, cfg.attention_backend, bias_BHLS=bias_BHLS,
+        softcap=cfg.attn_logit_softcap, dropout_rate=cfg.attention_dropout_rate,
+        dropout_rng=dropout_rng, causal=self.causal and cfg.sparse_block_size is None,
+        window=cfg.attention_window)
+    out_BLD = DenseGeneral((h, k), (d,), ("heads", "head_dim", "embed"), cfg,
+                           init_std=cfg.residual_init_std, name="out")(out_BLHK)
+    return out_BLD if kv is None else (out_BLD, new_kv)

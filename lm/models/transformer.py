@@ -3,7 +3,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lm.models.attention import Attention
+from lm.models.attention import Attention, KVCache, write_prefill, write_step
 from lm.models.config import ModelConfig
 from lm.models.layers import DenseGeneral, Embed, Mlp, Norm, constrain
 from lm.models.positions import LearnedPositions, sinusoidal
@@ -20,16 +20,29 @@ class Block(nn.Module):
   sequential pre-norm (GPT-2, Llama): x += attn(ln_attn(x)); x += mlp(ln_mlp(x))
   sequential post-norm (2017 Transformer): x = ln_attn(x + attn(x)); x = ln_mlp(x + mlp(x))
   parallel (GPT-J, GPT-NeoX): x += attn(ln_attn(x)) + mlp(ln_mlp(x))
+
+  Returns (x, the layer's updated (k, v) cache or None); see Attention for the cache arguments.
   """
   cfg: ModelConfig
   deterministic: bool = True
+  cache_mode: str = "prefill"
+  causal: bool = False
 
   @nn.compact
-  def __call__(self, x_BLD, positions_BL, segment_ids_BL):
+  def __call__(self, x_BLD, positions_BL, segment_ids_BL, kv=None, cache_pos_BS=None,
+               index=None):
     cfg = self.cfg
     drop = lambda y: nn.Dropout(cfg.dropout_rate)(y, deterministic=self.deterministic)
-    attn = lambda y: Attention(cfg, self.deterministic, name="attn")(y, positions_BL,
-                                                                     segment_ids_BL)
+    new_kv = []
+
+    def attn(y):
+      out = Attention(cfg, self.deterministic, self.cache_mode, self.causal, name="attn")(
+          y, positions_BL, segment_ids_BL, kv, cache_pos_BS, index)
+      if kv is None:
+        return out
+      new_kv.append(out[1])
+      return out[0]
+
     mlp = Mlp(cfg, name="mlp")
     ln_attn, ln_mlp = Norm(cfg, name="ln_attn"), Norm(cfg, name="ln_mlp")
     if cfg.block == "parallel":
@@ -40,14 +53,7 @@ class Block(nn.Module):
     else:
       x_BLD = constrain(x_BLD + drop(attn(ln_attn(x_BLD))), ("batch", "length", "embed"))
       x_BLD = x_BLD + drop(mlp(ln_mlp(x_BLD)))
-    return constrain(x_BLD, ("batch", "length", "embed"))
-
-
-class _ScanBlock(Block):
-  """Block with nn.scan's (carry, output) signature."""
-
-  def __call__(self, x_BLD, positions_BL, segment_ids_BL):
-    return super().__call__(x_BLD, positions_BL, segment_ids_BL), None
+    return constrain(x_BLD, ("batch", "length", "embed")), (new_kv[0] if new_kv else None)
 
 
 class Transformer(nn.Module):
@@ -55,13 +61,20 @@ class Transformer(nn.Module):
 
   positions and segment_ids describe packed sequences (seqio's decoder_positions and
   decoder_segment_ids); left out, each row is one sequence starting at position 0.
+
+  With `cache` (a KVCache, see lm.models.attention) it returns (logits, updated cache):
+  cache_mode='prefill' runs a prompt batch on an empty cache (segment_ids 1 for real tokens, 0
+  for padding); cache_mode='decode' appends tokens at cache.index. The model holds no decoding
+  loop: lm.decoding drives it. last_only: logits of the last column only ([B, 1, vocab]).
   """
   cfg: ModelConfig
 
   @nn.compact
   def __call__(self, tokens_BL, positions_BL=None, segment_ids_BL=None,
-               deterministic: bool = True):
+               deterministic: bool = True, cache: KVCache | None = None,
+               cache_mode: str = "prefill", last_only: bool = False):
     cfg = self.cfg
+    causal = positions_BL is None and segment_ids_BL is None and cache is None
     if positions_BL is None:
       positions_BL = jnp.broadcast_to(jnp.arange(tokens_BL.shape[1]), tokens_BL.shape)
     embed = Embed(cfg, name="embed")
@@ -73,19 +86,38 @@ class Transformer(nn.Module):
     x_BLD = nn.Dropout(cfg.dropout_rate)(x_BLD, deterministic=deterministic)
     x_BLD = constrain(x_BLD, ("batch", "length", "embed"))
 
-    block = _ScanBlock if cfg.scan_layers else Block
+    kv = cache_pos_BS = index = None
+    if cache is not None:
+      kv, index = (cache.k, cache.v), cache.index
+      if cache_mode == "prefill":
+        cache_pos_BS = write_prefill(cache.pos_BS, jnp.where(segment_ids_BL > 0, positions_BL, -1))
+      else:
+        cache_pos_BS = write_step(cache.pos_BS, positions_BL, index)
+
+    block_args = dict(deterministic=deterministic, cache_mode=cache_mode, causal=causal)
+    block = Block
     if cfg.remat != "none":
       block = nn.remat(block, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
     if cfg.scan_layers:
+      # Scanned layers: the carry is x; each layer reads and writes its slice of the cache.
       stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True,
-                      "dropout": True}, in_axes=(nn.broadcast, nn.broadcast),
+                      "dropout": True}, in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast,
+                                                 nn.broadcast),
                       length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
-      x_BLD, _ = stack(cfg, deterministic, name="layers")(x_BLD, positions_BL, segment_ids_BL)
+      x_BLD, kv = stack(cfg, name="layers", **block_args)(x_BLD, positions_BL, segment_ids_BL,
+                                                          kv, cache_pos_BS, index)
     else:
+      new_kv = []
       for i in range(cfg.num_layers):
-        x_BLD = block(cfg, deterministic, name=f"layer_{i}")(x_BLD, positions_BL,
-                                                             segment_ids_BL)
+        layer_kv = None if kv is None else (kv[0][i], kv[1][i])
+        x_BLD, layer_kv = block(cfg, name=f"layer_{i}", **block_args)(
+            x_BLD, positions_BL, segment_ids_BL, layer_kv, cache_pos_BS, index)
+        new_kv.append(layer_kv)
+      if kv is not None:
+        kv = tuple(zip(*new_kv))
 
+    if last_only:
+      x_BLD = x_BLD[:, -1:]
     if cfg.norm_position == "pre":  # post-norm blocks already end in a norm
       x_BLD = Norm(cfg, name="ln_final")(x_BLD)
     if cfg.tie_embeddings:
@@ -93,4 +125,13 @@ class Transformer(nn.Module):
     else:
       logits_BLV = DenseGeneral((cfg.d_model,), (cfg.vocab_size,), ("embed", "vocab"), cfg,
                                 use_bias=False, name="unembed")(x_BLD)
-    return constrain(logits_BLV.astype(jnp.float32), ("batch", "length", "vocab"))
+    logits_BLV = constrain(logits_BLV.astype(jnp.float32), ("batch", "length", "vocab"))
+    if cache is None:
+      return logits_BLV
+    length = tokens_BL.shape[1]
+    if cache_mode == "prefill":
+      next_pos_B = jnp.max(jnp.where(segment_ids_BL > 0, positions_BL + 1, 0), axis=1)
+    else:
+      next_pos_B = positions_BL[:, -1] + 1
+    return logits_BLV, KVCache(k=kv[0], v=kv[1], pos_BS=cache_pos_BS, index=index + length,
+                               next_pos_B=next_pos_B.astype(jnp.int32))

@@ -1,0 +1,182 @@
+"""KV-cache decoding: a jitted prefill of the prompt batch, then a jitted `lax.while_loop` of
+one-token steps that stops as soon as every row is done.
+
+Prompts are padded on the LEFT: every row's last prompt token then sits in the same column,
+so the first new token of every row comes from one column of the prefill logits and each
+decode step writes all rows into the same cache slot (one in-place slice update instead of a
+per-row scatter). Positions count from each row's first real token and padding slots are
+masked out (`KVCache.pos_BS` = -1), so padding changes no row's result.
+
+Shapes are static: the prompt length, the batch and the number of new tokens are rounded up to
+powers of two (`bucket`), so new prompt lengths reuse the compiled functions.
+"""
+import contextlib
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lm.decoding.cache import cache_length, init_cache, take_rows
+from lm.decoding.sampling import row_keys, sample
+from lm.errors import UserError
+from lm.models.attention import KVCache
+from lm.sharding import data_parallel_size, use_mesh
+
+
+def bucket(n: int, minimum: int = 8) -> int:
+  """The power of two >= max(n, minimum): the padded size of a prompt length or batch."""
+  n = max(int(n), int(minimum), 1)
+  return 1 << (n - 1).bit_length()
+
+
+def pad_prompts(prompts: Sequence[Sequence[int]], length: int, batch: int):
+  """Left-padded int32 tokens [batch, length] and lengths [batch]; rows past len(prompts)
+  are one-token dummies (token 0)."""
+  tokens_BP = np.zeros((batch, length), np.int32)
+  lengths_B = np.ones((batch,), np.int32)
+  for i, p in enumerate(prompts):
+    tokens_BP[i, length - len(p):] = p
+    lengths_B[i] = len(p)
+  return tokens_BP, lengths_B
+
+
+@functools.partial(jax.jit, static_argnames=("module", "cache_len"))
+def prefill(module, params, tokens_BP, lengths_B, *, cache_len: int):
+  """Runs the left-padded prompts tokens_BP [B, P] (real lengths lengths_B) through `module`
+  (a Transformer) on a new cache of `cache_len` slots (see cache.cache_length; >= P unless the
+  window makes it a ring buffer).
+
+  Returns (logits_BV of each prompt's last token, the KVCache). A prompt needs >= 1 token.
+  """
+  b, p = tokens_BP.shape
+  pad_B1 = (p - lengths_B)[:, None]
+  cols_P = jnp.arange(p)[None, :]
+  positions_BP = jnp.maximum(cols_P - pad_B1, 0)
+  segments_BP = (cols_P >= pad_B1).astype(jnp.int32)
+  cache = init_cache(module.cfg, b, cache_len)
+  logits_B1V, cache = module.apply({"params": params}, tokens_BP, positions_BP, segments_BP,
+                                   cache=cache, cache_mode="prefill", last_only=True)
+  return logits_B1V[:, 0], cache
+
+
+@functools.partial(jax.jit, static_argnames=("module",))
+def decode_step(module, params, tokens_B, cache: KVCache):
+  """Appends one token per row (at each row's cache.next_pos_B) and returns
+  (logits_BV for the next token, the updated cache). Usable inside other jitted code."""
+  logits_B1V, cache = module.apply({"params": params}, tokens_B[:, None],
+                                   cache.next_pos_B[:, None], cache=cache, cache_mode="decode")
+  return logits_B1V[:, 0], cache
+
+
+@functools.partial(jax.jit, static_argnames=("module", "num_steps", "eos_ids", "greedy"))
+def decode(module, params, logits_BV, cache: KVCache, sample_index_B, done_B, max_new_tokens,
+           seed, temperature, top_k=None, top_p=None, min_p=None, *, num_steps: int,
+           eos_ids: tuple[int, ...] = (), greedy: bool = False):
+  """Samples up to max_new_tokens (<= num_steps, traced) tokens per row from the prefill's
+  logits_BV and cache; rows with done_B set from the start produce nothing.
+
+  Returns int32 [B, num_steps]: the new tokens, the EOS that ended a row included, -1 after a
+  row's end. The loop stops when every row is done. Keys per (seed, sample index, step).
+  """
+  eos = jnp.asarray(eos_ids, jnp.int32)
+
+  def choose(logits_BV, step, done_B):
+    keys_B = row_keys(seed, sample_index_B, step)
+    tok_B = sample(logits_BV, keys_B, temperature, top_k, top_p, min_p, greedy=greedy)
+    tok_B = jnp.where(done_B, -1, tok_B)
+    return tok_B, done_B | jnp.isin(tok_B, eos) | (step + 1 >= max_new_tokens)
+
+  def body(state):
+    step, tok_B, cache, out_BT, done_B = state
+    logits_BV, cache = decode_step(module, params, jnp.maximum(tok_B, 0), cache)
+    tok_B, done_B = choose(logits_BV, step, done_B)
+    out_BT = jax.lax.dynamic_update_slice_in_dim(out_BT, tok_B[:, None], step, axis=1)
+    return step + 1, tok_B, cache, out_BT, done_B
+
+  def cond(state):
+    step, _, _, _, done_B = state
+    return (step < max_new_tokens) & ~jnp.all(done_B)
+
+  b = logits_BV.shape[0]
+  tok_B, done_B = choose(logits_BV, 0, done_B | (max_new_tokens <= 0))
+  out_BT = jnp.full((b, num_steps), -1, jnp.int32).at[:, 0].set(tok_B)
+  state = (jnp.ones((), jnp.int32), tok_B, cache, out_BT, done_B)
+  return jax.lax.while_loop(cond, body, state)[3]
+
+
+def generate_ids(module, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
+                 temperature: float = 0.0, top_k: int | None = None,
+                 top_p: float | None = None, min_p: float | None = None,
+                 num_samples: int = 1, eos_ids: Sequence[int] = (), seed: int = 0,
+                 mesh=None):
+  """Continues each token prompt; returns the new tokens only, per prompt a list of ids
+  (num_samples == 1) or a list of num_samples such lists. A row ends after max_new_tokens or
+  at the first token in eos_ids (which is included).
+
+  temperature 0 is greedy; otherwise tokens are drawn from softmax(logits / temperature)
+  after the top_k / top_p / min_p filters (see lm.decoding.sampling). Sample j of a prompt
+  uses the keys of (seed, j, step), so it does not depend on the other prompts of the batch.
+  mesh: run under this mesh (params may be sharded on it); the batch is split over its
+  data-parallel axes.
+  """
+  cfg = module.cfg
+  prompts = [list(map(int, p)) for p in prompts]
+  _check_request(cfg, prompts, max_new_tokens, temperature, num_samples)
+  if not prompts or max_new_tokens == 0:
+    empty = [[] for _ in range(num_samples)] if num_samples > 1 else []
+    return [list(empty) for _ in prompts]
+  dp = 1 if mesh is None else data_parallel_size(mesh)
+  round_batch = lambda n: -(-bucket(n, 1) // dp) * dp  # the batch must split over data axes
+  length = bucket(max(len(p) for p in prompts))
+  num_steps = bucket(max_new_tokens, 1)
+  tokens_BP, lengths_B = pad_prompts(prompts, length, round_batch(len(prompts)))
+
+  rows = len(prompts) * num_samples
+  batch = round_batch(rows)
+  prompt_of_row = np.zeros(batch, np.int32)
+  prompt_of_row[:rows] = np.arange(rows) // num_samples
+  sample_index = np.zeros(batch, np.int32)
+  sample_index[:rows] = np.arange(rows) % num_samples
+  done = np.arange(batch) >= rows
+  filters = dict(top_k=None if top_k is None else np.int32(top_k),
+                 top_p=None if top_p is None else np.float32(top_p),
+                 min_p=None if min_p is None else np.float32(min_p))
+  if temperature == 0:
+    filters = dict(top_k=None, top_p=None, min_p=None)
+
+  with _maybe_mesh(mesh):
+    logits_BV, cache = prefill(module, params, tokens_BP, lengths_B,
+                               cache_len=cache_length(cfg, length + num_steps))
+    if batch != tokens_BP.shape[0] or num_samples > 1:
+      logits_BV = jnp.take(logits_BV, prompt_of_row, axis=0)
+      cache = take_rows(cache, prompt_of_row)
+    out_BT = decode(module, params, logits_BV, cache, sample_index, done,
+                    np.int32(max_new_tokens), np.uint32(seed), np.float32(max(temperature, 0)),
+                    **filters, num_steps=num_steps, eos_ids=tuple(int(e) for e in eos_ids),
+                    greedy=temperature == 0)
+  out_BT = np.asarray(out_BT)
+  per_row = [[int(t) for t in row if t >= 0] for row in out_BT[:rows]]
+  if num_samples == 1:
+    return per_row
+  return [per_row[i * num_samples:(i + 1) * num_samples] for i in range(len(prompts))]
+
+
+def _check_request(cfg, prompts, max_new_tokens, temperature, num_samples):
+  if max_new_tokens < 0 or num_samples < 1 or temperature < 0:
+    raise UserError(f"max_new_tokens={max_new_tokens} must be >= 0, num_samples={num_samples} "
+                    f">= 1 and temperature={temperature} >= 0")
+  for i, p in enumerate(prompts):
+    if not p:
+      raise UserError(f"prompt {i} is empty: a prompt needs at least one token (e.g. BOS)")
+    if min(p) < 0 or max(p) >= cfg.vocab_size:
+      raise UserError(f"prompt {i} has a token id outside [0, {cfg.vocab_size})")
+  longest = max((len(p) for p in prompts), default=0)
+  if cfg.positions == "learned" and longest + max_new_tokens > cfg.max_len:
+    raise UserError(f"a prompt of {longest} tokens + {max_new_tokens} new tokens exceeds the "
+                    f"model's {cfg.max_len} learned positions")
+
+
+def _maybe_mesh(mesh):
+  return contextlib.nullcontext() if mesh is None else use_mesh(mesh)
