@@ -6,6 +6,7 @@ imported, and their logits compared with lm's (max abs diff <= 1e-4 in float32).
 import dataclasses
 import json
 import os
+import shutil
 
 import flax.linen as nn
 import jax
@@ -24,6 +25,9 @@ from lm.sharding import DEFAULT_RULES, make_mesh, use_mesh  # noqa: E402
 from lm.training import loop  # noqa: E402
 from lm.training.optimizers import OptimizerConfig  # noqa: E402
 from lm.training.state import param_shardings  # noqa: E402
+from lm import tokenizers  # noqa: E402
+from lm.training import checkpoints  # noqa: E402
+from test_tokenizers import CHAT, TEXTS, hf_tokenizer  # noqa: E402
 
 VOCAB, TOL = 96, 1e-4
 TOKENS = np.random.default_rng(0).integers(0, VOCAB, (2, 24))
@@ -64,6 +68,12 @@ def hf_models(tmp_path_factory):
     model.save_pretrained(path, max_shard_size="100KB" if name == "llama_gqa" else "1GB")
     out[name] = (path, _hf_logits(model))
   return out
+
+
+def _convert(*argv) -> int:
+  with pytest.raises(SystemExit) as exit_info:
+    convert.main(list(argv))
+  return exit_info.value.code
 
 
 @pytest.fixture(scope="module")
@@ -174,3 +184,69 @@ def test_fine_tuning_starts_from_the_imported_params(imported, tmp_path):
                       steps=1, eval_steps=1, progress=False, init_from=imported["llama_gqa"])
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(result.state.params),
                jax.device_get(source.params))
+
+
+def test_relative_paths(hf_models, tmp_path, monkeypatch):
+  """Issue 8.1: --hf_dir / --model_dir relative to the working directory."""
+  hf_dir, reference = hf_models["llama_gqa"]
+  monkeypatch.chdir(tmp_path)
+  shutil.copytree(hf_dir, "hf")
+  assert _convert("import-hf", "--hf_dir", "hf", "--model_dir", "runs/lm") == 0
+  assert _convert("export-hf", "--model_dir", "runs/lm", "--hf_dir", "runs/hf") == 0
+  model = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "runs/hf")).eval()
+  assert np.abs(_hf_logits(model) - reference).max() <= TOL
+
+
+def test_failed_import_leaves_nothing(hf_models, tmp_path, monkeypatch):
+  """Issue 8.1: an import that fails while writing leaves no half-made directory."""
+  def fail(*args, **kwargs):
+    raise OSError("disk full")
+  monkeypatch.setattr(checkpoints, "save_params", fail)
+  with pytest.raises(OSError, match="disk full"):
+    hf_dirs.import_hf(hf_models["gpt2"][0], str(tmp_path / "new" / "lm"))
+  assert os.listdir(tmp_path) == []
+
+
+def test_non_empty_target_needs_overwrite(hf_models, tmp_path):
+  """Issue 8.7: a second import into the same directory is refused, or replaces it whole."""
+  target = str(tmp_path / "lm")
+  assert _convert("import-hf", "--hf_dir", hf_models["gpt2"][0], "--model_dir", target) == 0
+  llama_dir, llama_logits = hf_models["llama_gqa"]
+  assert _convert("import-hf", "--hf_dir", llama_dir, "--model_dir", target) == 2
+  assert load(target).config.positions == "learned"  # still the GPT-2 import
+  assert _convert("import-hf", "--hf_dir", llama_dir, "--model_dir", target, "--overwrite") == 0
+  assert np.abs(np.asarray(load(target).logits(TOKENS)) - llama_logits).max() <= TOL
+
+
+def test_special_ids_and_generation_config_round_trip(tmp_path):
+  """Issue 8.15: bos/eos/pad ids and generation_config.json survive import and export."""
+  config = HF_CONFIGS["llama_gqa"]()
+  config.update(dict(bos_token_id=3, eos_token_id=[4, 5], pad_token_id=6))
+  model = transformers.AutoModelForCausalLM.from_config(config)
+  model.generation_config.update(bos_token_id=3, eos_token_id=[4, 5], pad_token_id=6,
+                                 max_new_tokens=17)
+  model.save_pretrained(str(tmp_path / "hf"))
+  assert _convert("import-hf", "--hf_dir", str(tmp_path / "hf"), "--model_dir",
+                  str(tmp_path / "lm")) == 0
+  assert _convert("export-hf", "--model_dir", str(tmp_path / "lm"), "--hf_dir",
+                  str(tmp_path / "out")) == 0
+  exported = transformers.AutoConfig.from_pretrained(str(tmp_path / "out"))
+  assert (exported.bos_token_id, exported.eos_token_id, exported.pad_token_id) == (3, [4, 5], 6)
+  generation = transformers.GenerationConfig.from_pretrained(str(tmp_path / "out"))
+  assert (generation.eos_token_id, generation.max_new_tokens) == ([4, 5], 17)
+
+
+def test_tokenizer_round_trip(hf_models, tmp_path):
+  """import-hf copies the HF tokenizer (lm.tokenizers reads it: same ids as transformers);
+  export-hf writes it back so AutoTokenizer loads the exported directory."""
+  reference = hf_tokenizer()
+  shutil.copytree(hf_models["llama_gqa"][0], tmp_path / "hf")
+  reference.save_pretrained(str(tmp_path / "hf"))
+  hf_dirs.import_hf(str(tmp_path / "hf"), str(tmp_path / "lm"))
+  hf_dirs.export_hf(str(tmp_path / "lm"), str(tmp_path / "out"))
+  ours = tokenizers.load_tokenizer(str(tmp_path / "lm"))
+  exported = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "out"))
+  for text in TEXTS:
+    assert ours.encode(text) == exported.encode(text) == reference.encode(text), text
+  assert ours.apply_chat_template(CHAT) == exported.apply_chat_template(
+      CHAT, tokenize=False, add_generation_prompt=True)

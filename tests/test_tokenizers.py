@@ -67,10 +67,12 @@ def test_tokenizers_import_without_tensorflow():
   assert out.stdout.strip() == "[3, 4, 2]"
 
 
-def test_hf_tokenizer_matches_transformers(tmp_path):
-  """A byte-level BPE tokenizer.json with a chat template: ids, decoding, special tokens and
-  the rendered chat equal transformers' (the files as save_pretrained writes them)."""
-  transformers = pytest.importorskip("transformers")
+CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi 🙂"}]
+
+
+def hf_tokenizer():
+  """A small byte-level BPE transformers tokenizer (<s> = 0, </s> = 1) with a chat template."""
+  import transformers  # pylint: disable=import-outside-toplevel
   from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
   backend = Tokenizer(models.BPE())
   backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -80,8 +82,15 @@ def test_hf_tokenizer_matches_transformers(tmp_path):
       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
   template = ("{{ bos_token }}{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}"
               "{{ eos_token }}\n{% endfor %}{% if add_generation_prompt %}[assistant] {% endif %}")
-  reference = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>",
-                                                   eos_token="</s>", chat_template=template)
+  return transformers.PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>",
+                                              eos_token="</s>", chat_template=template)
+
+
+def test_hf_tokenizer_matches_transformers(tmp_path):
+  """A byte-level BPE tokenizer.json with a chat template: ids, decoding, special tokens and
+  the rendered chat equal transformers' (the files as save_pretrained writes them)."""
+  pytest.importorskip("transformers")
+  reference = hf_tokenizer()
   reference.save_pretrained(str(tmp_path / "tokenizer"))
   tok = tokenizers.load_tokenizer(str(tmp_path))
   assert (tok.bos_id, tok.eos_id, tok.vocab_size) == (0, 1, len(reference))
@@ -89,10 +98,9 @@ def test_hf_tokenizer_matches_transformers(tmp_path):
     ids = tok.encode(text)
     assert ids == reference.encode(text), text
     assert tok.decode(ids) == reference.decode(ids, skip_special_tokens=True)
-  chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi 🙂"}]
   for gen in (True, False):
-    assert tok.apply_chat_template(chat, gen) == reference.apply_chat_template(
-        chat, tokenize=False, add_generation_prompt=gen)
+    assert tok.apply_chat_template(CHAT, gen) == reference.apply_chat_template(
+        CHAT, tokenize=False, add_generation_prompt=gen)
   with open(tmp_path / "tokenizer" / "tokenizer_config.json") as f:
     assert "chat_template" in json.load(f) or os.path.exists(
         tmp_path / "tokenizer" / "chat_template.jinja")

@@ -1,7 +1,7 @@
 """lm-convert: HF transformers checkpoints (GPT-2, Llama family; safetensors) <-> lm model dirs.
 
-  lm-convert import-hf --hf_dir DIR --model_dir OUT [--scan_layers] [--dtype bfloat16]
-  lm-convert export-hf --model_dir M --hf_dir OUT [--step N]
+  lm-convert import-hf --hf_dir DIR --model_dir OUT [--scan_layers] [--dtype bfloat16] [--overwrite]
+  lm-convert export-hf --model_dir M --hf_dir OUT [--step N] [--overwrite]
 
 Fine-tune an imported model with lm-train ... --gin.train.init_from="'OUT'".
 """
@@ -20,20 +20,23 @@ def _main(argv):
   imp.add_argument("--scan_layers", action="store_true", help="stack layers for nn.scan")
   imp.add_argument("--dtype", default="float32", help="compute dtype of the model")
   imp.add_argument("--param_dtype", default="float32", help="dtype the weights are stored in")
+  imp.add_argument("--overwrite", action="store_true", help="replace a non-empty --model_dir")
   exp = commands.add_parser("export-hf", help="lm model dir -> HF checkpoint dir")
   exp.add_argument("--model_dir", required=True)
   exp.add_argument("--hf_dir", required=True)
   exp.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
+  exp.add_argument("--overwrite", action="store_true", help="replace a non-empty --hf_dir")
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
 
   from lm.convert import hf_dirs  # after parsing: --help stays fast
   if args.command == "import-hf":
-    cfg = hf_dirs.import_hf(args.hf_dir, args.model_dir, scan_layers=args.scan_layers,
-                            dtype=args.dtype, param_dtype=args.param_dtype)
+    cfg = hf_dirs.import_hf(args.hf_dir, args.model_dir, args.overwrite,
+                            scan_layers=args.scan_layers, dtype=args.dtype,
+                            param_dtype=args.param_dtype)
     print(f"imported {args.hf_dir} -> {args.model_dir} ({cfg.num_layers} layers, "
           f"d_model {cfg.d_model}, vocab {cfg.vocab_size})")
   else:
-    hf_dirs.export_hf(args.model_dir, args.hf_dir, args.step)
+    hf_dirs.export_hf(args.model_dir, args.hf_dir, args.step, args.overwrite)
     print(f"exported {args.model_dir} -> {args.hf_dir}")
 
 
