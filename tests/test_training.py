@@ -39,8 +39,9 @@ def test_padding_never_counts():
 def test_warmup_cosine_schedule():
   sched = make_schedule(OptimizerConfig(learning_rate=1e-3, warmup_steps=100,
                                         end_learning_rate=1e-4), total_steps=2000)
-  assert float(sched(0)) == 0.0
-  np.testing.assert_allclose(float(sched(50)), 5e-4, rtol=1e-6)
+  # Warmup starts at peak / warmup (the first update moves the weights), peak at step 100.
+  np.testing.assert_allclose(float(sched(0)), 1e-5, rtol=1e-5)
+  np.testing.assert_allclose(float(sched(50)), 1e-5 + 0.5 * (1e-3 - 1e-5), rtol=1e-5)
   np.testing.assert_allclose(float(sched(100)), 1e-3, rtol=1e-6)
   mid = 1e-4 + 0.5 * (1e-3 - 1e-4) * (1 + np.cos(np.pi * 950 / 1900))
   np.testing.assert_allclose(float(sched(1050)), mid, rtol=1e-5)
@@ -61,6 +62,31 @@ def test_weight_decay_skips_norms_and_biases():
   new = optax.apply_updates(params, updates)
   np.testing.assert_allclose(new["dense"]["kernel"], 1 - 0.1 * 0.5)
   np.testing.assert_allclose(new["ln"]["scale"], 1.0)
+
+
+def test_no_warmup_starts_at_peak():
+  sched = make_schedule(OptimizerConfig(learning_rate=1e-3, warmup_steps=0, decay="constant"), 10)
+  np.testing.assert_allclose([float(sched(s)) for s in (0, 5)], [1e-3, 1e-3], rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["adamw", "adafactor"])
+def test_weight_decay_is_decoupled_and_scaled_by_the_schedule(name):
+  # Zero gradients: only decay moves the weights, kernel_t+1 = kernel_t * (1 - lr_t * wd),
+  # with lr_t the scheduled rate (here warmup then cosine), the same for both optimizers.
+  cfg = OptimizerConfig(name=name, learning_rate=0.1, warmup_steps=2, end_learning_rate=0.01,
+                        weight_decay=0.5, clip_norm=None)
+  params = {"dense": {"kernel": jnp.full((4, 3), 2.0), "bias": jnp.ones(3)}}
+  tx = make_optimizer(cfg, total_steps=6)
+  opt_state = tx.init(params)
+  expected = 2.0
+  for t in range(6):
+    lr_t = 0.05 + 0.05 * t / 2 if t < 2 else 0.01 + 0.045 * (1 + np.cos(np.pi * (t - 2) / 4))
+    expected *= 1 - lr_t * 0.5
+    zero_grads = jax.tree.map(jnp.zeros_like, params)
+    updates, opt_state = tx.update(zero_grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    np.testing.assert_allclose(params["dense"]["kernel"], expected, rtol=1e-5)
+  np.testing.assert_allclose(params["dense"]["bias"], 1.0)
 
 
 @pytest.fixture(scope="module")

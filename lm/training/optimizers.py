@@ -26,7 +26,10 @@ class OptimizerConfig:
 
 
 def make_schedule(cfg: OptimizerConfig, total_steps: int) -> optax.Schedule:
-  """Linear warmup from 0, then the configured decay."""
+  """Linear warmup from peak / warmup_steps at step 0 to peak at step warmup_steps, then decay.
+
+  Starting at peak / warmup (not 0) makes the first update count.
+  """
   peak, warmup = cfg.learning_rate, cfg.warmup_steps
   decay_steps = max((cfg.decay_steps or total_steps) - warmup, 1)
   if cfg.decay == "cosine":
@@ -40,7 +43,10 @@ def make_schedule(cfg: OptimizerConfig, total_steps: int) -> optax.Schedule:
     after = optax.constant_schedule(peak)
   else:
     raise UserError(f"unknown learning-rate decay {cfg.decay!r}")
-  return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])
+  if not warmup:
+    return after
+  return optax.join_schedules([optax.linear_schedule(peak / warmup, peak, warmup), after],
+                              [warmup])
 
 
 def decay_mask(params):
@@ -51,15 +57,31 @@ def decay_mask(params):
 
 
 def make_optimizer(cfg: OptimizerConfig, total_steps: int) -> optax.GradientTransformation:
+  """The configured optimizer; weight decay means the same for both (see _adafactor)."""
   schedule = make_schedule(cfg, total_steps)
   if cfg.name == "adamw":
     opt = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
                       weight_decay=cfg.weight_decay, mask=decay_mask)
   elif cfg.name == "adafactor":
-    opt = optax.adafactor(schedule, weight_decay_rate=cfg.weight_decay or None,
-                          weight_decay_mask=decay_mask)
+    opt = _adafactor(schedule, cfg.weight_decay)
   else:
     raise UserError(f"unknown optimizer {cfg.name!r} (adamw | adafactor)")
   if cfg.clip_norm:
     opt = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), opt)
   return opt
+
+
+def _adafactor(schedule: optax.Schedule, weight_decay: float) -> optax.GradientTransformation:
+  """optax.adafactor's defaults, with AdamW's decoupled weight decay.
+
+  optax.adafactor adds `weight_decay_rate * param` after the learning-rate scaling, so decay
+  would not follow the schedule (0.1 would remove 10 % of every matrix per step). Here the
+  decay joins the update before the scheduled rate multiplies it, as in optax.adamw:
+  param -= lr_t * (update + weight_decay * param).
+  """
+  return optax.chain(
+      optax.scale_by_factored_rms(),
+      optax.clip_by_block_rms(1.0),
+      optax.scale_by_param_block_rms(),
+      optax.add_decayed_weights(weight_decay, mask=decay_mask),
+      optax.scale_by_learning_rate(schedule))
