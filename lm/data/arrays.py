@@ -46,6 +46,7 @@ class ArrayBatches:
     per_process = cfg.batch_size // jax.process_count()
     self._rows = slice(jax.process_index() * per_process, (jax.process_index() + 1) * per_process)
     self.cfg, self.state = cfg, start
+    self.vocab_size = None  # unknown: the exported arrays do not record their vocabulary
 
   def restore(self, batches: int):
     self.state = batches
@@ -82,6 +83,7 @@ class SyntheticBatches:
   def __init__(self, cfg: SyntheticInputConfig, split: str, start: int = 0):
     self.cfg, self.state = cfg, start
     self._offset = 0 if split == "train" else 1 << 20
+    self.vocab_size = cfg.vocab_size
 
   def restore(self, batches: int):
     self.state = batches

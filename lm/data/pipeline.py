@@ -57,6 +57,11 @@ class SeqioBatches:
     self._iters = [iter(self._dataset(s).skip(batches).prefetch(2).as_numpy_iterator())
                    for s in self._shards]
 
+  @property
+  def vocab_size(self) -> int:
+    """Size of the task's vocabulary: every token id is below it."""
+    return vocabulary(self.cfg.task).vocab_size
+
   def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
     return self
 
