@@ -32,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--num_workers", type=int, default=os.cpu_count() or 1,
                  help="local DirectRunner processes (ignored with --runner)")
   p.add_argument("--num_shards", type=int, default=0,
-                 help="output shards; 0: one per 64 MB of input")
+                 help="output shards; 0: one per 16 MB of input files")
   g = p.add_argument_group("read")
   g.add_argument("--text_key", default=d.read.text_key)
   g.add_argument("--split", choices=("file", "paragraphs"),
@@ -101,10 +101,11 @@ def main(argv: Optional[List[str]] = None) -> int:
   """Entry point; user errors print one line on stderr and exit 2."""
   args, beam_args = _parser().parse_known_args(argv)
   logging.getLogger("apache_beam").setLevel(logging.WARNING)
-  from lm.data.prep import driver, readers  # Beam import: after --help.
+  from lm.data.prep import driver  # Beam import: after --help.
+  from lm.errors import UserError
   try:
     rep = driver.run(config_from_args(args), beam_args, args.num_workers)
-  except (readers.InputError, driver.OutputError) as e:
+  except UserError as e:
     print(f"lm-prep: error: {e}", file=sys.stderr)
     return 2
   out = rep["output"]

@@ -99,7 +99,7 @@ class PrepConfig:
   decontaminate: Tuple[str, ...] = ()  # Evaluation files; 13-gram overlap.
   decontam_ngram: int = 13
   audit_terms: Optional[str] = None  # JSON file; None: built-in lists.
-  num_shards: int = 0  # 0: one per 64 MB of input.
+  num_shards: int = 0  # 0: one per 16 MB of input files (pipeline.SHARD_BYTES).
   spm_vocab_size: int = 0  # 0: no SentencePiece model.
   spm_sample_chars: int = 20_000_000
   validation_fraction: float = 0.02

@@ -19,11 +19,12 @@ from apache_beam.options.pipeline_options import (DirectOptions,
                                                   StandardOptions,
                                                   WorkerOptions)
 
-from lm.data.prep import pipeline, readers, report, spm
+from lm.data.prep import audit, pipeline, readers, report, spm
 from lm.data.prep.config import PrepConfig
+from lm.errors import UserError
 
 
-class OutputError(ValueError):
+class OutputError(UserError, ValueError):
   """The output directory cannot be used (reported as one line)."""
 
 
@@ -43,6 +44,30 @@ def pipeline_options(beam_args: List[str], num_workers: int
     workers.default_sdk_harness_log_level = (
         workers.default_sdk_harness_log_level or "WARNING")
   return options
+
+
+def check_config(cfg: PrepConfig) -> None:
+  """Raises readers.InputError for options that would otherwise fail (or do
+  nothing) inside Beam workers: unreadable side files, degenerate LSH."""
+  for path in cfg.decontaminate:
+    try:
+      with open(path, "rb"):
+        pass
+    except OSError as e:
+      raise readers.InputError(f"--decontaminate {path}: {e.strerror}") from None
+  if cfg.audit_terms:
+    try:
+      audit.load_terms(cfg.audit_terms)
+    except (OSError, ValueError) as e:
+      raise readers.InputError(f"--audit_terms {cfg.audit_terms}: {e}") from None
+  d = cfg.dedup
+  if d.near and min(d.bands, d.rows, d.ngram) < 1:
+    raise readers.InputError(
+        f"near dedup needs --near_bands, --near_rows and --near_ngram >= 1 "
+        f"(got {d.bands}, {d.rows}, {d.ngram}); use --no_near_dedup to switch "
+        "it off")
+  if d.near and not 0 < d.threshold <= 1:
+    raise readers.InputError(f"--near_threshold must be in (0, 1], not {d.threshold}")
 
 
 def _is_local(path: str) -> bool:
@@ -108,6 +133,7 @@ def run(cfg: PrepConfig, beam_args: Optional[List[str]] = None,
   Raises readers.InputError / OutputError for user errors, before any work.
   """
   start = time.time()
+  check_config(cfg)
   files = readers.expand_inputs(cfg.inputs)
   out = cfg.output_dir.rstrip("/")
   out = os.path.abspath(out) if _is_local(out) else out

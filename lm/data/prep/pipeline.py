@@ -268,8 +268,11 @@ class WriteShard(beam.DoFn):
           removed.write_record(
               {"id": doc["id"], "reason": reason, "text": doc["text"]})
           continue
-        kept.write_record({"id": doc["id"], "text": doc["text"],
-                           **doc["extra"]})
+        # Pass-through fields never replace the id or the processed text
+        # (e.g. a raw `text` field beside --text_key body).
+        extra = {k: v for k, v in doc["extra"].items()
+                 if k not in ("id", "text")}
+        kept.write_record({"id": doc["id"], "text": doc["text"], **extra})
         measure(stats, "output", "out", doc["text"], doc["words"])
         split = splits.split_of(doc["id"], self._cfg.validation_fraction)
         stats[f"split/{split}/docs"] += 1

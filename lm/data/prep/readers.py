@@ -6,7 +6,8 @@ A document travels through the pipeline as a plain dict:
           for dedup (the first document in the input order wins);
   id:     the `id` field of a JSONL record, else "<path>#<position>";
   text:   decoded text;
-  extra:  the other JSONL fields, written back unchanged;
+  extra:  the other JSONL fields, written back unchanged (an input field named
+          `text` or `id` never replaces the document's own, processed ones);
   reason: None while kept, else why it was removed (e.g. "decode_error");
   words:  added by the pipeline: the word count of the final text.
 """
@@ -19,12 +20,13 @@ from typing import Iterator, List, Sequence, Tuple
 from apache_beam.io.filesystems import FileSystems
 
 from lm.data.prep.config import ReadConfig
+from lm.errors import UserError
 
 _JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz", ".ndjson")
 _BLANK_LINE = re.compile(rb"\n(?:[ \t\r\f\v]*\n)+")
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
   """A user error in the inputs (reported as one line, no traceback)."""
 
 
