@@ -42,6 +42,26 @@ def test_spm_model_and_token_counts(prepared):
   assert splits["validation"]["docs"] > 0
 
 
+def _kept_texts(prepared):
+  import gzip
+  texts = []
+  for name in sorted(os.listdir(prepared)):
+    if name.startswith("data-"):
+      with gzip.open(prepared / name, "rt", encoding="utf-8") as f:
+        texts += [json.loads(line)["text"] for line in f]
+  return texts
+
+
+def test_spm_model_is_lossless_on_the_prepared_corpus(prepared):
+  import sentencepiece
+  sp = sentencepiece.SentencePieceProcessor(model_file=str(prepared / "spm.model"))
+  texts = _kept_texts(prepared)
+  assert sum("\n" in t for t in texts) == len(texts)  # the corpus has line structure
+  spaced = "  " + texts[0].replace(" ", "   ", 5).replace("\n", "\n\n\n ") + "\n"
+  for text in texts + [spaced]:
+    assert sp.decode(sp.encode(text)) == text
+
+
 def test_registered_task_reads_each_split(prepared):
   import seqio
   from lm.data.prep.task import register_prepared_task

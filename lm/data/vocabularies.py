@@ -72,13 +72,16 @@ def cache_dir() -> str:
 
 
 def train_sentencepiece(text: str, vocab_size: int, model_type: str = "unigram",
-                        out_dir: str | None = None) -> str:
+                        out_dir: str | None = None, hard_vocab_limit: bool = True) -> str:
   """Trains a SentencePiece model on `text` (once: cached by content) and returns its path.
 
   Ids follow seqio's convention (pad 0, eos 1, unk 2, no bos), so the model plugs into
-  seqio.SentencePieceVocabulary and the decoder feature converter unchanged.
+  seqio.SentencePieceVocabulary and the decoder feature converter unchanged. Decoding is
+  lossless for every character of `text`: newlines are a piece, spaces are never folded.
+  hard_vocab_limit=False lets a small text yield fewer than `vocab_size` pieces.
   """
-  key = hashlib.sha256(f"{vocab_size}:{model_type}:".encode() + text.encode()).hexdigest()[:16]
+  options = f"{vocab_size}:{model_type}:" + ("" if hard_vocab_limit else "soft:")
+  key = hashlib.sha256(options.encode() + text.encode()).hexdigest()[:16]
   out_dir = out_dir or os.path.join(cache_dir(), "spm")
   path = os.path.join(out_dir, f"spm_{model_type}_{vocab_size}_{key}.model")
   if os.path.exists(path):
@@ -93,7 +96,8 @@ def train_sentencepiece(text: str, vocab_size: int, model_type: str = "unigram",
         model_type=model_type, pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1,
         character_coverage=1.0, num_threads=1, minloglevel=2, user_defined_symbols=["\n"],
         normalization_rule_name="identity",  # keep newlines and spacing: decoding is lossless
-        max_sentence_length=1 << 16, split_by_whitespace=True, remove_extra_whitespaces=False)
+        max_sentence_length=1 << 16, split_by_whitespace=True, remove_extra_whitespaces=False,
+        hard_vocab_limit=hard_vocab_limit)
     os.replace(os.path.join(tmp, "spm.model"), path)  # atomic: readers never see half a file
   return path
 

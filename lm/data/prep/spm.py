@@ -29,24 +29,28 @@ def _kept_docs(path: str) -> Iterator[dict]:
 
 
 def _sample(files: List[str], rate: float) -> Iterator[str]:
-  """Lines of a deterministic `rate` fraction of the kept documents."""
+  """A deterministic `rate` fraction of the kept documents, whole."""
   for path in files:
     for doc in _kept_docs(path):
       if splits.stable_hash("spm:" + doc["id"]) % 1_000_000 < rate * 1_000_000:
-        yield from (l for l in doc["text"].split("\n") if l.strip())
+        yield doc["text"]
 
 
 def train_spm(files: List[str], model_path: str, vocab_size: int,
               kept_chars: int, sample_chars: int) -> None:
-  """Trains `model_path` (any Beam filesystem) on ~`sample_chars` of text."""
+  """Trains `model_path` (any Beam filesystem) on ~`sample_chars` of text.
+
+  Uses the same trainer as the tiny-Shakespeare vocabulary
+  (`lm.data.vocabularies.train_sentencepiece`), so decoding is lossless:
+  newlines and runs of spaces survive a round trip.
+  """
+  from lm.data.vocabularies import train_sentencepiece  # TensorFlow: driver only.
   rate = min(1.0, sample_chars / max(kept_chars, 1))
+  text = "\n".join(_sample(files, rate))
   with tempfile.TemporaryDirectory() as local:
-    sp.SentencePieceTrainer.train(
-        sentence_iterator=_sample(files, rate), model_prefix=f"{local}/spm",
-        vocab_size=vocab_size, model_type="unigram",
-        character_coverage=0.9995, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
-        hard_vocab_limit=False, max_sentence_length=1 << 16, minloglevel=2)
-    with open(f"{local}/spm.model", "rb") as src, FileSystems.create(
+    path = train_sentencepiece(text, vocab_size, out_dir=local,
+                               hard_vocab_limit=False)
+    with open(path, "rb") as src, FileSystems.create(
         model_path, compression_type="uncompressed") as dst:
       dst.write(src.read())
 
