@@ -1,0 +1,3 @@
+"""Evaluation: benchmark tasks by name (registry), multiple-choice scoring with a shared
+context, perplexity, and `evaluate` (lm-eval's engine)."""
+from lm.evaluation.registry import TaskResult, get_task, register, task_names
