@@ -1,7 +1,8 @@
-"""lm-convert: HF transformers checkpoints (GPT-2, Llama family; safetensors) <-> lm model dirs.
+"""lm-convert: HF checkpoints (GPT-2, Llama; safetensors) <-> lm model dirs; GGUF (Llama) -> lm.
 
-  lm-convert import-hf --hf_dir DIR --model_dir OUT [--scan_layers] [--dtype bfloat16] [--overwrite]
+  lm-convert import-hf --hf_dir DIR --model_dir OUT [--scan_layers] [--dtype D] [--overwrite]
   lm-convert export-hf --model_dir M --hf_dir OUT [--step N] [--overwrite]
+  lm-convert import-gguf --gguf FILE --model_dir OUT [--scan_layers] [--dtype D] [--overwrite]
 
 Fine-tune an imported model with lm-train ... --gin.train.init_from="'OUT'".
 """
@@ -26,6 +27,13 @@ def _main(argv):
   exp.add_argument("--hf_dir", required=True)
   exp.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
   exp.add_argument("--overwrite", action="store_true", help="replace a non-empty --hf_dir")
+  gg = commands.add_parser("import-gguf", help="GGUF file (Llama family) -> lm model dir")
+  gg.add_argument("--gguf", required=True, help="a llama.cpp .gguf file")
+  gg.add_argument("--model_dir", required=True)
+  gg.add_argument("--scan_layers", action="store_true", help="stack layers for nn.scan")
+  gg.add_argument("--dtype", default="float32", help="compute dtype of the model")
+  gg.add_argument("--param_dtype", default="float32", help="dtype the weights are stored in")
+  gg.add_argument("--overwrite", action="store_true", help="replace a non-empty --model_dir")
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
 
   from lm.convert import hf_dirs  # after parsing: --help stays fast
@@ -34,6 +42,13 @@ def _main(argv):
                             scan_layers=args.scan_layers, dtype=args.dtype,
                             param_dtype=args.param_dtype)
     print(f"imported {args.hf_dir} -> {args.model_dir} ({cfg.num_layers} layers, "
+          f"d_model {cfg.d_model}, vocab {cfg.vocab_size})")
+  elif args.command == "import-gguf":
+    from lm.convert import gguf_import
+    cfg = gguf_import.import_gguf(args.gguf, args.model_dir, args.overwrite,
+                                  scan_layers=args.scan_layers, dtype=args.dtype,
+                                  param_dtype=args.param_dtype)
+    print(f"imported {args.gguf} -> {args.model_dir} ({cfg.num_layers} layers, "
           f"d_model {cfg.d_model}, vocab {cfg.vocab_size})")
   else:
     hf_dirs.export_hf(args.model_dir, args.hf_dir, args.step, args.overwrite)
