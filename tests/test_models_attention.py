@@ -1,4 +1,6 @@
 """Attention: both backends agree on every mask type; masks hide exactly what they should."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -99,3 +101,72 @@ def test_partial_rotary_leaves_the_rest_untouched():
 def test_alibi_slopes():
   np.testing.assert_allclose(alibi_slopes(8), 2.0 ** -np.arange(1, 9))
   assert alibi_slopes(6).shape == (6,)
+
+
+class _Recorder:
+  """Stands in for jax.nn.dot_product_attention: records each call's keywords, then runs the
+  real function (or raises for implementation='cudnn' when refuse_cudnn, as cuDNN does for
+  shapes it cannot run)."""
+
+  def __init__(self, refuse_cudnn=False):
+    self.calls, self.refuse_cudnn, self.real = [], refuse_cudnn, jax.nn.dot_product_attention
+
+  def __call__(self, *args, **kwargs):
+    self.calls.append(kwargs)
+    if kwargs.get("implementation") == "cudnn" and self.refuse_cudnn:
+      raise ValueError("cuDNN does not support this")
+    return self.real(*args, **kwargs)
+
+
+@pytest.mark.parametrize("switches, packed, expect", [
+    ({}, False, dict(is_causal=True, mask=False, local_window_size=None)),
+    (dict(attention_window=3), False, dict(is_causal=True, mask=False, local_window_size=(2, 0))),
+    ({}, True, dict(is_causal=False, mask=True, local_window_size=None)),
+    (dict(sparse_block_size=4), False, dict(is_causal=False, mask=True, local_window_size=None)),
+])
+def test_xla_backend_passes_plain_causal_masks_as_is_causal(monkeypatch, switches, packed,
+                                                            expect):
+  """Issue 8 item 8: the mask array is passed only when it is more than (local) causal."""
+  from lm.models.transformer import Transformer
+  recorder = _Recorder()
+  monkeypatch.setattr(jax.nn, "dot_product_attention", recorder)
+  cfg = ModelConfig(vocab_size=32, d_model=16, num_heads=4, num_kv_heads=2, num_layers=1,
+                    mlp_dim=32, positions="rope", attention_backend="xla", **switches)
+  tokens = jax.random.randint(jax.random.PRNGKey(0), (B, L), 0, 32)
+  args = (tokens, PACKED_POS_BL, SEG_BL) if packed else (tokens,)
+  params = jax.jit(Transformer(cfg).init)(jax.random.PRNGKey(1), tokens)
+  xla = jax.jit(Transformer(cfg).apply)(params, *args)
+  call = recorder.calls[-1]
+  assert call["is_causal"] == expect["is_causal"]
+  assert (call["mask"] is not None) == expect["mask"]
+  assert call["local_window_size"] == expect["local_window_size"]
+  assert call["implementation"] is None  # CPU: XLA's attention
+  ref = jax.jit(Transformer(dataclasses.replace(cfg, attention_backend="jnp")).apply)(params,
+                                                                                     *args)
+  np.testing.assert_allclose(xla, ref, atol=2e-5)
+
+
+@pytest.mark.parametrize("refuse", [False, True])
+def test_xla_backend_asks_for_cudnn_on_gpu_and_falls_back(monkeypatch, refuse):
+  recorder = _Recorder(refuse_cudnn=refuse)
+  monkeypatch.setattr(jax.nn, "dot_product_attention", recorder)
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  kq, kk, kv = jax.random.split(jax.random.PRNGKey(0), 3)
+  q = jax.random.normal(kq, (B, L, H, K), jnp.bfloat16)
+  k = jax.random.normal(kk, (B, L, G, K), jnp.bfloat16)
+  v = jax.random.normal(kv, (B, L, G, K), jnp.bfloat16)
+  mask = MASKS["causal"]()
+  if not refuse:  # no cuDNN on this machine: only check what would be asked for
+    monkeypatch.setattr(recorder, "real", lambda *a, **kw: jnp.zeros_like(q))
+  out = dot_product_attention(q, k, v, mask, "xla", causal=True)
+  assert [c["implementation"] for c in recorder.calls] == (["cudnn", None] if refuse
+                                                           else ["cudnn"])
+  assert all(c["is_causal"] for c in recorder.calls)
+  if refuse:
+    ref = dot_product_attention(q, k, v, mask, "jnp")
+    np.testing.assert_allclose(out.astype(np.float32), ref.astype(np.float32), atol=3e-2)
+  # float32 activations never ask for cuDNN (its fused kernel is bf16/fp16 only).
+  recorder.calls.clear()
+  dot_product_attention(q.astype(jnp.float32), k.astype(jnp.float32), v.astype(jnp.float32),
+                        mask, "xla", causal=True)
+  assert [c["implementation"] for c in recorder.calls] == [None]
