@@ -30,7 +30,8 @@ from typing import Callable
 from lm.errors import UserError
 
 TASK_MODULES = ("lm.evaluation.multiple_choice", "lm.evaluation.lambada",
-                "lm.evaluation.perplexity", "lm.evaluation.bias", "lm.evaluation.robustness")
+                "lm.evaluation.perplexity", "lm.evaluation.bias", "lm.evaluation.bbq",
+                "lm.evaluation.robustness")
 
 
 @dataclasses.dataclass
