@@ -3,3 +3,7 @@
 
 class UserError(Exception):
   """A bad flag, binding, path or shape, explained in one line."""
+
+
+class ConfigError(UserError, ValueError):
+  """An invalid configuration value (also a ValueError, for callers that catch those)."""

@@ -87,6 +87,25 @@ def check_divisible(mesh: Mesh, batch_size: int, num_heads: int, num_kv_heads: i
       raise UserError(f"{name}={n} is not divisible by the tensor axis size {tp}")
 
 
+def check_model_divisible(mesh: Mesh, cfg):
+  """Clear errors for model sizes the mesh cannot shard evenly (instead of IndivisibleError).
+
+  cfg is a ModelConfig. Besides the heads (check_divisible), DEFAULT_RULES shard mlp and vocab
+  over tensor and parameters' embed over fsdp.
+  """
+  fsdp, tp = mesh.shape["fsdp"], mesh.shape["tensor"]
+  if cfg.mlp_dim % tp:
+    raise UserError(f"ModelConfig.mlp_dim={cfg.mlp_dim} is not divisible by the tensor axis "
+                    f"size {tp}")
+  if cfg.padded_vocab_size % tp:
+    raise UserError(f"ModelConfig.vocab_size={cfg.vocab_size} (padded: {cfg.padded_vocab_size}) "
+                    f"is not divisible by the tensor axis size {tp}; pad it with "
+                    "ModelConfig.vocab_pad_multiple (e.g. 128)")
+  if cfg.d_model % fsdp:
+    raise UserError(f"ModelConfig.d_model={cfg.d_model} is not divisible by the fsdp axis size "
+                    f"{fsdp}")
+
+
 def global_batch(mesh: Mesh, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
   """This process's rows of the batch -> global jax.Arrays sharded over the batch axes."""
   sharding = batch_sharding(mesh)

@@ -69,6 +69,17 @@ def _files_task(tmp_path, name, content: bytes):
     (["--gin.MESH_SHAPE=(8,1,1)", "--gin.BATCH_SIZE=12"], "not divisible by the data-parallel"),
     (["--gin.MESH_SHAPE=(1,1,8)"], "num_heads=4 is not divisible by the tensor axis size 8"),
     (["--gin.TASK='no_such_task'"], "unknown task"),
+    (["--gin.ModelConfig.num_heads=0"], "ModelConfig: num_heads must be a positive integer"),
+    (["--gin.ModelConfig.activation='nope'"], "ModelConfig: unknown activation 'nope'"),
+    (["--gin.MESH_SHAPE=(2,1,4)", "--gin.ModelConfig.mlp_dim=66"],
+     "ModelConfig.mlp_dim=66 is not divisible by the tensor axis size 4"),
+    (["--gin.MESH_SHAPE=(1,1,8)", "--gin.ModelConfig.num_heads=8"],
+     "ModelConfig.vocab_size=68 (padded: 68) is not divisible by the tensor axis size 8"),
+    (["--gin.MESH_SHAPE=(1,8,1)", "--gin.ModelConfig.d_model=36", "--gin.ModelConfig.num_heads=2"],
+     "ModelConfig.d_model=36 is not divisible by the fsdp axis size 8"),
+    (["--gin.ModelConfig.vocab_size=60"],
+     "ModelConfig.vocab_size=60 is smaller than the vocabulary of task 'tiny_shakespeare_char' "
+     "(68 tokens)"),
 ])
 def test_bad_flags(trained_run, in_repo, capsys, extra, message):
   before = _snapshot(trained_run)
@@ -97,7 +108,7 @@ def test_missing_data_file(in_repo, capsys, tmp_path):
 def test_different_model_in_existing_dir(trained_run, in_repo, capsys):
   before = _snapshot(trained_run)
   _fails([f"--model_dir={trained_run}"] + NANO_RUN + ["--gin.ModelConfig.d_model=64"], capsys,
-         "holds a different model")
+         "holds a different run (saved -> configured: ModelConfig.d_model: 32 -> 64")
   assert _snapshot(trained_run) == before
 
 

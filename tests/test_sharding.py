@@ -5,7 +5,8 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from lm.errors import UserError
-from lm.sharding import check_divisible, make_mesh
+from lm.models.config import ModelConfig
+from lm.sharding import check_divisible, check_model_divisible, make_mesh
 from train_utils import NANO, char_batches, mesh_of, trainer_for
 
 MESHES = [(1, 1, 1), (8, 1, 1), (2, 4, 1), (2, 1, 4), (1, 2, 4)]
@@ -62,6 +63,19 @@ def test_indivisible_batch_and_heads():
     check_divisible(mesh, 3, 4, 4)
   with pytest.raises(UserError, match="num_heads=6"):
     check_divisible(mesh, 8, 6, 6)
+
+
+def test_indivisible_model_sizes_and_vocab_padding():
+  tensor, fsdp = mesh_of((1, 1, 4)), mesh_of((1, 4, 1))
+  gpt2 = ModelConfig(vocab_size=50257, d_model=64, num_heads=4, mlp_dim=256)
+  with pytest.raises(UserError, match="vocab_size=50257 .* not divisible by the tensor axis size 4; pad it"):
+    check_model_divisible(tensor, gpt2)
+  check_model_divisible(tensor, ModelConfig(vocab_size=50257, vocab_pad_multiple=128, d_model=64,
+                                            num_heads=4, mlp_dim=256))  # 50,304 rows
+  with pytest.raises(UserError, match="mlp_dim=250"):
+    check_model_divisible(tensor, ModelConfig(mlp_dim=250))
+  with pytest.raises(UserError, match="d_model=66 is not divisible by the fsdp axis size 4"):
+    check_model_divisible(fsdp, ModelConfig(d_model=66, num_heads=3))
 
 
 def test_devices_are_fake_cpus():

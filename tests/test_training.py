@@ -23,16 +23,18 @@ def test_cross_entropy_matches_numpy(eps, z):
   logits = rng.normal(size=(2, 5, 7)).astype(np.float32)
   targets = rng.integers(0, 7, size=(2, 5))
   weights = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], np.float32)  # padding at the end
-  loss, w, _ = cross_entropy(jnp.array(logits), jnp.array(targets), jnp.array(weights),
-                             LossConfig(label_smoothing=eps, z_loss=z))
+  loss, w, _, nll = cross_entropy(jnp.array(logits), jnp.array(targets), jnp.array(weights),
+                                  LossConfig(label_smoothing=eps, z_loss=z))
   ref_loss, ref_w = _np_ce(logits.astype(np.float64), targets, weights, eps, z)
+  ref_nll, _ = _np_ce(logits.astype(np.float64), targets, weights)  # what eval reports
   np.testing.assert_allclose(float(loss), ref_loss, rtol=1e-5)
+  np.testing.assert_allclose(float(nll), ref_nll, rtol=1e-5)
   assert float(w) == ref_w == 8
 
 
 def test_padding_never_counts():
   logits = jnp.zeros((1, 3, 4)).at[0, 2].set(jnp.array([9.0, -9, -9, -9]))
-  with_pad, _, _ = cross_entropy(logits, jnp.array([[1, 2, 3]]), jnp.array([[1, 1, 0]]))
+  with_pad, _, _, _ = cross_entropy(logits, jnp.array([[1, 2, 3]]), jnp.array([[1, 1, 0]]))
   np.testing.assert_allclose(float(with_pad), 2 * np.log(4), rtol=1e-6)
 
 

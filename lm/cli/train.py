@@ -9,6 +9,7 @@ import os
 import gin
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from lm.cli.common import parse_args, parse_gin, run_main
 from lm.errors import UserError
@@ -19,20 +20,27 @@ from lm.training import loop
 def sample_after_training(result, input_cfg=gin.REQUIRED, num_tokens: int = 0,
                           prompt: str = "\n", temperature: float = 0.8, top_k: int | None = 200,
                           seed: int = 0):
-  """Prints `num_tokens` sampled from the trained model (nothing when 0)."""
-  if not num_tokens or jax.process_index() != 0 or not input_cfg.task:
+  """Prints `num_tokens` sampled from the trained model (nothing when 0).
+
+  Every process must call it: the params, sharded over all hosts' devices, are gathered
+  (a collective) before process 0 samples on its host.
+  """
+  if not num_tokens or not input_cfg.task:
     return
   try:
     from lm.data.pipeline import vocabulary
   except ImportError:
-    print("note: no sample (decoding the task's vocabulary needs SeqIO)")
+    if jax.process_index() == 0:
+      print("note: no sample (decoding the task's vocabulary needs SeqIO)")
+    return
+  params = multihost_utils.process_allgather(result.state.params, tiled=True)
+  if jax.process_index() != 0:
     return
   from lm.sampling import generate
   vocab = vocabulary(input_cfg.task)
   prompt_1P = np.array([vocab.encode(prompt)], np.int32)
   cfg = result.model.cfg
   window = min(input_cfg.seq_len, cfg.max_len)
-  params = jax.device_get(result.state.params)
   tokens = generate(result.model, params, prompt_1P, jax.random.PRNGKey(seed),
                     num_steps=num_tokens, temperature=temperature, top_k=top_k, window=window)
   print("-" * 30, "sample", "-" * 30)

@@ -9,6 +9,8 @@ from typing import Optional
 import gin
 import jax.numpy as jnp
 
+from lm.errors import ConfigError
+
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 _POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "relative", "none")
 
@@ -18,6 +20,10 @@ _POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "relative", "none")
 class ModelConfig:
   """Hyper-parameters of a decoder-only transformer (see README for each switch)."""
   vocab_size: int = 256
+  # Embedding / unembedding rows padded up to a multiple of this (e.g. 128: GPT-2's 50,257 ->
+  # 50,304, divisible by the tensor axis). Padded rows are never predicted: the model returns
+  # logits for the vocab_size real tokens only.
+  vocab_pad_multiple: int = 1
   d_model: int = 128
   num_layers: int = 2
   num_heads: int = 4
@@ -60,8 +66,13 @@ class ModelConfig:
   attention_backend: str = "jnp"  # jnp (reference) | xla (jax.nn.dot_product_attention)
 
   def __post_init__(self):
+    sizes = ("vocab_size", "vocab_pad_multiple", "d_model", "num_layers", "num_heads",
+             "num_kv_heads", "head_dim", "mlp_dim", "max_len")
+    for name in sizes:  # first: the checks below divide by some of these
+      value = getattr(self, name)
+      if value is not None and not (isinstance(value, int) and value > 0):
+        raise ConfigError(f"ModelConfig: {name} must be a positive integer, got {value!r}")
     checks = [
-        (self.d_model > 0 and self.num_layers > 0 and self.num_heads > 0, "sizes must be > 0"),
         (self.num_heads % self.kv_heads == 0,
          f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.kv_heads}"),
         (self.activation in ("gelu", "gelu_tanh", "relu", "silu", "swiglu", "geglu"),
@@ -90,11 +101,16 @@ class ModelConfig:
     ]
     for ok, message in checks:
       if not ok:
-        raise ValueError(f"ModelConfig: {message}")
+        raise ConfigError(f"ModelConfig: {message}")
 
   @property
   def kv_heads(self) -> int:
     return self.num_kv_heads or self.num_heads
+
+  @property
+  def padded_vocab_size(self) -> int:
+    """Rows of the embedding and unembedding tables: vocab_size rounded up to vocab_pad_multiple."""
+    return -(-self.vocab_size // self.vocab_pad_multiple) * self.vocab_pad_multiple
 
   @property
   def dim_per_head(self) -> int:
@@ -137,7 +153,7 @@ def num_params(cfg: ModelConfig, include_embedding: bool = True) -> int:
   total = cfg.num_layers * (attn + mlp + 2 * d * norm_width)
   total += d * norm_width if cfg.norm_position == "pre" else 0  # the final norm
   if include_embedding:
-    total += cfg.vocab_size * d * (1 if cfg.tie_embeddings else 2)
+    total += cfg.padded_vocab_size * d * (1 if cfg.tie_embeddings else 2)
     total += cfg.max_len * d if cfg.positions == "learned" else 0
   return total
 
@@ -165,5 +181,5 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
   mlp = 2 * d * cfg.mlp_dim * (3 if cfg.gated else 2)
   qkv_out = 2 * d * (h + 2 * kv) * hd + 2 * h * hd * d
   attention = 4 * attended_keys(cfg, seq_len) * h * hd
-  logits = 2 * d * cfg.vocab_size
+  logits = 2 * d * cfg.padded_vocab_size  # padded rows are multiplied too
   return 3 * (cfg.num_layers * (mlp + qkv_out + attention) + logits)

@@ -143,7 +143,7 @@ class Embed(nn.Module):
   def setup(self):
     cfg = self.cfg
     self.embedding = param_with_axes(self, "embedding", nn.initializers.normal(cfg.init_std),
-                                     (cfg.vocab_size, cfg.d_model), ("vocab", "embed"),
+                                     (cfg.padded_vocab_size, cfg.d_model), ("vocab", "embed"),
                                      cfg.weight_dtype)
 
   def __call__(self, tokens_BL):

@@ -123,8 +123,9 @@ class Transformer(nn.Module):
     if cfg.tie_embeddings:
       logits_BLV = embed.attend(x_BLD)
     else:
-      logits_BLV = DenseGeneral((cfg.d_model,), (cfg.vocab_size,), ("embed", "vocab"), cfg,
-                                use_bias=False, name="unembed")(x_BLD)
+      logits_BLV = DenseGeneral((cfg.d_model,), (cfg.padded_vocab_size,), ("embed", "vocab"),
+                                cfg, use_bias=False, name="unembed")(x_BLD)
+    logits_BLV = logits_BLV[..., :cfg.vocab_size]  # padded rows are never predicted
     logits_BLV = constrain(logits_BLV.astype(jnp.float32), ("batch", "length", "vocab"))
     if cache is None:
       return logits_BLV

@@ -2,8 +2,11 @@
 
 Params are their own item so `lm.load` reads weights without the optimizer state. Orbax
 writes each step into a temporary directory and renames it when complete, so a step that a
-crash left half-written is never listed, let alone restored.
+crash left half-written is never listed, let alone restored. Orbax wants absolute paths: every
+function here takes any path and makes it absolute.
 """
+import os
+
 import orbax.checkpoint as ocp
 
 
@@ -13,7 +16,7 @@ class Checkpointer:
   def __init__(self, directory: str, every: int, keep: int = 3):
     options = ocp.CheckpointManagerOptions(save_interval_steps=every, max_to_keep=keep,
                                            enable_async_checkpointing=True, create=True)
-    self._manager = ocp.CheckpointManager(directory, options=options,
+    self._manager = ocp.CheckpointManager(os.path.abspath(directory), options=options,
                                           item_names=("params", "train", "data"))
 
   def latest_step(self) -> int | None:
@@ -42,9 +45,25 @@ class Checkpointer:
     self._manager.close()
 
 
+def latest_step(directory: str) -> int | None:
+  """The latest complete step in `directory`, None if none (or no directory; nothing is created)."""
+  if not os.path.isdir(directory):
+    return None
+  options = ocp.CheckpointManagerOptions(create=False)
+  with ocp.CheckpointManager(os.path.abspath(directory), options=options) as manager:
+    return manager.latest_step()
+
+
 def restore_params(directory: str, step: int | None = None, abstract_params=None):
-  """Just the params of a checkpoint (the latest by default), e.g. for inference."""
-  with ocp.CheckpointManager(directory, item_names=("params",)) as manager:
+  """Just the params of a checkpoint (the latest by default), e.g. for inference.
+
+  Raises FileNotFoundError when `directory` holds no complete checkpoint (creating nothing).
+  """
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"no checkpoint directory {directory}")
+  options = ocp.CheckpointManagerOptions(create=False)
+  with ocp.CheckpointManager(os.path.abspath(directory), options=options,
+                             item_names=("params",)) as manager:
     step = manager.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no complete checkpoint in {directory}")
@@ -52,10 +71,10 @@ def restore_params(directory: str, step: int | None = None, abstract_params=None
     return manager.restore(step, args=ocp.args.Composite(params=args)).params
 
 
-
 def save_params(directory: str, params, step: int = 0):
   """Writes params alone as checkpoint `step` (e.g. imported weights; restore_params reads it)."""
   options = ocp.CheckpointManagerOptions(create=True)
-  with ocp.CheckpointManager(directory, options=options, item_names=("params",)) as manager:
+  with ocp.CheckpointManager(os.path.abspath(directory), options=options,
+                             item_names=("params",)) as manager:
     manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)))
     manager.wait_until_finished()

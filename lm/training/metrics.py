@@ -28,20 +28,28 @@ def peak_flops_per_device(override: float | None = None) -> float | None:
 
 
 class MetricsWriter:
-  """Writes each step's scalars to MODEL_DIR/metrics.jsonl, TensorBoard and (optionally) W&B."""
+  """Writes each step's scalars to MODEL_DIR/metrics.jsonl, TensorBoard and (optionally) W&B.
 
-  def __init__(self, model_dir: str, wandb_project: str | None = None, config: str = ""):
+  resume_step: the step a resumed run restored; metrics.jsonl lines past it (logged after that
+  checkpoint by the interrupted run, and about to be logged again) are dropped.
+  run_id: the W&B run id, the same for every resume of one run.
+  """
+
+  def __init__(self, model_dir: str, wandb_project: str | None = None, config: str = "",
+               run_id: str | None = None, resume_step: int = 0):
     self._enabled = jax.process_index() == 0
     if not self._enabled:
       return
-    self._jsonl = open(os.path.join(model_dir, "metrics.jsonl"), "a", encoding="utf-8")
+    path = os.path.join(model_dir, "metrics.jsonl")
+    _drop_lines_after(path, resume_step)
+    self._jsonl = open(path, "a", encoding="utf-8")
     from tensorboardX import SummaryWriter  # imported here: only process 0 writes
     self._tb = SummaryWriter(os.path.join(model_dir, "tensorboard"))
     self._wandb = None
     if wandb_project:
       import wandb
       self._wandb = wandb.init(project=wandb_project, dir=model_dir, resume="allow",
-                               id=os.path.basename(os.path.abspath(model_dir)),
+                               id=run_id,
                                config={"gin": config})
 
   def write(self, step: int, scalars: dict[str, float]):
@@ -61,3 +69,21 @@ class MetricsWriter:
       self._tb.close()
       if self._wandb:
         self._wandb.finish()
+
+
+def _drop_lines_after(path: str, step: int):
+  """Keeps the lines of a metrics.jsonl up to `step` (and drops a line a crash cut short)."""
+  if not os.path.exists(path):
+    return
+  kept = []
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      try:
+        if json.loads(line)["step"] <= step:
+          kept.append(line.rstrip("\n") + "\n")
+      except (ValueError, KeyError):
+        continue
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.writelines(kept)
+  os.replace(tmp, path)
