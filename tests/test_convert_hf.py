@@ -250,3 +250,17 @@ def test_tokenizer_round_trip(hf_models, tmp_path):
     assert ours.encode(text) == exported.encode(text) == reference.encode(text), text
   assert ours.apply_chat_template(CHAT) == exported.apply_chat_template(
       CHAT, tokenize=False, add_generation_prompt=True)
+
+
+def test_padded_vocabulary_round_trip(hf_models, tmp_path):
+  """Rows padded by vocab_pad_multiple are zeros after import and dropped by export."""
+  hf_dir, reference = hf_models["llama_gqa"]
+  cfg = hf_dirs.import_hf(hf_dir, str(tmp_path / "lm"), vocab_pad_multiple=64)
+  assert (cfg.vocab_size, cfg.padded_vocab_size) == (VOCAB, 128)
+  model = load(str(tmp_path / "lm"))
+  assert model.params["embed"]["embedding"].shape == (128, 64)
+  assert np.abs(np.asarray(model.logits(TOKENS)) - reference).max() <= TOL
+  hf_dirs.export_hf(str(tmp_path / "lm"), str(tmp_path / "hf"))
+  exported = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf")).eval()
+  assert exported.config.vocab_size == VOCAB
+  assert np.abs(_hf_logits(exported) - reference).max() <= TOL

@@ -189,8 +189,10 @@ def params_from_hf(cfg: ModelConfig, tensors: dict[str, np.ndarray], dtype) -> d
   params = {}
   for hf_name, path in top.items():
     _set(params, path, cast(take(hf_name)))
+  pad = cfg.padded_vocab_size - cfg.vocab_size  # vocab_pad_multiple: zero rows, never predicted
+  _set(params, "embed/embedding", np.pad(params["embed"]["embedding"], ((0, pad), (0, 0))))
   if not cfg.tie_embeddings:
-    _set(params, "unembed/kernel", cast(take("lm_head.weight").T))
+    _set(params, "unembed/kernel", cast(np.pad(take("lm_head.weight"), ((0, pad), (0, 0))).T))
   d, h, k = cfg.d_model, cfg.num_heads, cfg.dim_per_head
   for i in range(cfg.num_layers):
     layer = {}
@@ -212,8 +214,11 @@ def params_to_hf(cfg: ModelConfig, params: dict) -> dict[str, np.ndarray]:
   layer_prefix, top = _names(kind)
   np_ = lambda x: np.asarray(x)
   tensors = {hf_name: np_(_get(params, path)) for hf_name, path in top.items()}
+  v = cfg.vocab_size  # padded rows (vocab_pad_multiple) are dropped
+  embedding = next(name for name, path in top.items() if path == "embed/embedding")
+  tensors[embedding] = tensors[embedding][:v]
   if not cfg.tie_embeddings:
-    tensors["lm_head.weight"] = np_(_get(params, "unembed/kernel")).T
+    tensors["lm_head.weight"] = np_(_get(params, "unembed/kernel"))[:, :v].T
   d = cfg.d_model
   for i in range(cfg.num_layers):
     layer = params[f"layer_{i}"]
