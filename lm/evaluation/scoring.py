@@ -22,18 +22,14 @@ from lm.decoding import cache_length, prefill, take_rows
 from lm.decoding import score as harness_scoring
 
 Pair = tuple[str, str]
+MIN_CONTEXT, MIN_CONTINUATION = 32, 8  # smallest padded lengths
 
 
-def _bucket(n: int, cap: int) -> int:
-  """Padded context length: 16, 24, 32, 48, 64, 96, ... (<= 1.5x padding), at most cap."""
-  size = 16
-  while size < n:
-    size = size * 3 // 2 if size & (size - 1) == 0 else size * 4 // 3
-  return min(size, cap)
-
-
-def _pow2(n: int) -> int:
-  return 1 << (max(n, 1) - 1).bit_length()
+def _bucket(n: int, minimum: int, cap: int | None = None) -> int:
+  """A padded length: the power of two >= max(n, minimum), at most cap. Few distinct shapes
+  matter more than padding: every new one is a compilation of the whole model."""
+  size = 1 << (max(n, minimum) - 1).bit_length()
+  return size if cap is None else max(n, min(size, cap))
 
 
 @functools.partial(jax.jit, static_argnames=("module",))
@@ -54,8 +50,8 @@ def _group_logprobs(module, params, ctx_BP, ctx_len_B, cont_BCT, cont_len_BC):
   logits_NTV, _ = module.apply({"params": params}, inputs_NT, positions_NT, cache=cache,
                                cache_mode="decode")
   targets_NT = jnp.roll(inputs_NT, -1, axis=1)
-  logp_NTV = jax.nn.log_softmax(logits_NTV)
-  lp_NT = jnp.take_along_axis(logp_NTV, targets_NT[..., None], axis=-1)[..., 0]
+  target_NT = jnp.take_along_axis(logits_NTV, targets_NT[..., None], axis=-1)[..., 0]
+  lp_NT = target_NT - jax.nn.logsumexp(logits_NTV, axis=-1)
   greedy_NT = jnp.argmax(logits_NTV, axis=-1) == targets_NT
   scored_NT = jnp.arange(t)[None, :] < (cont_len_BC.reshape(-1, 1) - 1)
   rest_BC = jnp.where(scored_NT, lp_NT, 0.0).sum(axis=1).reshape(b, c)
@@ -92,17 +88,17 @@ def score_items(model, items: Sequence[Sequence[Pair]], batch_size: int = 16):
 def _score_groups(model, groups, batch_size: int, out):
   """Fills `out` for every group, batching groups of equal padded shape."""
   max_len, dp = model.config.max_len, model.data_parallel_size
+  b = dp * -(-batch_size // dp)  # one batch shape: the last batch of a shape is padded
   by_shape: dict[tuple, list] = {}
   for group in groups:
     context, members = group
-    t = _pow2(max(len(m[2]) for m in members))
-    shape = (len(members), _bucket(len(context), max_len), t)
+    t = _bucket(max(len(m[2]) for m in members), MIN_CONTINUATION)
+    shape = (len(members), _bucket(len(context), MIN_CONTEXT, max_len), t)
     by_shape.setdefault(shape, []).append(group)
   for (c, p, t), shaped in sorted(by_shape.items()):
     shaped.sort(key=lambda g: len(g[0]))
     for start in range(0, len(shaped), batch_size):
       chunk = shaped[start:start + batch_size]
-      b = dp * _pow2(-(-len(chunk) // dp))
       ctx_BP = np.zeros((b, p), np.int32)
       ctx_len_B = np.ones((b,), np.int32)
       cont_BCT = np.zeros((b, c, t), np.int32)

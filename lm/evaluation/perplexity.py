@@ -1,0 +1,114 @@
+"""Perplexity and bits per byte of whole documents, with rolling windows at any length.
+
+Tasks:
+  ppl:<file or glob>        .jsonl / .jsonl.gz: one document per record (its "text" field);
+                            any other file: the whole file is one document (UTF-8)
+  seqio:<task>[:<split>]    a registered SeqIO task's split (default "validation"), read as
+                            documents and tokenized with the task's own vocabulary (imports
+                            lm.data, hence TensorFlow, only here)
+
+Each document is preceded by the prefix token (BOS, else EOS) and scored in windows of
+`seq_len` tokens (default: the model's max_len) that cover it exactly once: `stride` =
+seq_len (default) gives disjoint windows as lm-evaluation-harness' `loglikelihood_rolling`;
+a smaller stride lets every scored token after the first window see at least
+seq_len - stride earlier tokens. Metrics as the harness's wikitext task reports them:
+word_perplexity = exp(-LL / words), byte_perplexity = exp(-LL / UTF-8 bytes), bits_per_byte
+= -LL / bytes / ln 2 (words counted as re.split(r"\\s+", text)), plus token_perplexity =
+exp(-LL / tokens); the harness gives no stderr for these (None here too).
+"""
+import glob
+import gzip
+import json
+import math
+import os
+import re
+
+import numpy as np
+
+from lm.decoding import score as harness_scoring
+from lm.errors import UserError
+from lm.evaluation.registry import TaskResult, register
+
+
+def window_logprobs(model, docs_ids, seq_len: int | None = None, stride: int | None = None,
+                    batch_tokens: int = 4096) -> np.ndarray:
+  """Total log-likelihood [N] of token documents in rolling windows of seq_len tokens."""
+  cfg = model.config
+  seq_len = seq_len or cfg.max_len
+  stride = stride or seq_len
+  if seq_len > cfg.max_len and cfg.positions == "learned":
+    raise UserError(f"--seq_len {seq_len} exceeds the learned position table ({cfg.max_len})")
+  if not 1 <= stride <= seq_len:
+    raise UserError(f"--stride must be in [1, seq_len={seq_len}], got {stride}")
+  requests, owner = [], []
+  for i, ids in enumerate(docs_ids):
+    windows = harness_scoring.rolling_windows(ids, model._prefix(), seq_len, seq_len - stride + 1)
+    requests += windows
+    owner += [i] * len(windows)
+
+  def logprob_fn(inputs_BL, targets_BL):
+    with model._context():
+      return model._target_logprobs(model.params, model._put_batch(inputs_BL),
+                                    model._put_batch(targets_BL))
+
+  lps, _ = harness_scoring.score_requests(logprob_fn, requests, seq_len,
+                                          batch_tokens=max(batch_tokens, seq_len),
+                                          row_multiple=model.data_parallel_size)
+  return np.bincount(np.asarray(owner, np.int64), weights=lps, minlength=len(docs_ids))
+
+
+def perplexity_result(texts, docs_ids, lls) -> TaskResult:
+  """Word / byte / token perplexity and bits per byte from per-document log-likelihoods."""
+  total = float(np.sum(lls))
+  words = sum(len(re.split(r"\s+", t)) for t in texts)
+  nbytes = sum(len(t.encode("utf-8")) for t in texts)
+  tokens = sum(len(ids) for ids in docs_ids)
+  values = {"word_perplexity": math.exp(-total / words),
+            "byte_perplexity": math.exp(-total / nbytes),
+            "bits_per_byte": -total / nbytes / math.log(2),
+            "token_perplexity": math.exp(-total / tokens)}
+  examples = [{"text": t[:200], "tokens": len(ids), "loglikelihood": float(ll)}
+              for t, ids, ll in list(zip(texts, docs_ids, lls))[:3]]
+  return TaskResult(metrics=values, stderr={k: None for k in values}, num_examples=len(texts),
+                    examples=examples)
+
+
+def read_documents(pattern: str) -> list[str]:
+  """Documents of text / JSONL files matching `pattern` (sorted paths)."""
+  paths = sorted(glob.glob(os.path.expanduser(pattern)))
+  if not paths:
+    raise UserError(f"no file matches {pattern!r}")
+  docs = []
+  for path in paths:
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+      with opener(path, "rt", encoding="utf-8") as f:
+        if path.endswith((".jsonl", ".jsonl.gz")):
+          docs += [json.loads(line)["text"] for line in f if line.strip()]
+        else:
+          docs.append(f.read())
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError) as e:
+      raise UserError(f"{path}: cannot read documents ({type(e).__name__}: {e})") from None
+  docs = [d for d in docs if d]
+  if not docs:
+    raise UserError(f"{pattern!r}: no non-empty document")
+  return docs
+
+
+@register("ppl", parametric=True)
+def file_perplexity(model, *, arg, limit=None, batch_size=16, seq_len=None, stride=None, **_):
+  """Perplexity of the documents in the files `arg` (a path or glob)."""
+  texts = read_documents(arg)[:limit]
+  docs_ids = [model._encode(t) for t in texts]
+  lls = window_logprobs(model, docs_ids, seq_len, stride, batch_tokens=batch_size * 256)
+  return perplexity_result(texts, docs_ids, lls)
+
+
+@register("seqio", parametric=True)
+def seqio_perplexity(model, *, arg, limit=None, batch_size=16, seq_len=None, stride=None, **_):
+  """Perplexity of a SeqIO task's split, `arg` = "task[:split]"."""
+  from lm.evaluation import seqio_docs  # TensorFlow only on this path
+  name, _, split = arg.partition(":")
+  texts, docs_ids = seqio_docs.documents(name, split or "validation", limit)
+  lls = window_logprobs(model, docs_ids, seq_len, stride, batch_tokens=batch_size * 256)
+  return perplexity_result(texts, docs_ids, lls)
