@@ -14,6 +14,7 @@ import pytest
 from gguf import GGMLQuantizationType as Q
 from tokenizers import pre_tokenizers
 
+import lm
 from lm import tokenizers
 from lm.cli import convert
 from lm.convert import gguf_import
@@ -183,6 +184,12 @@ def test_cli_import_writes_a_complete_model_dir(gguf_files, tmp_path):
     diff = (model(torch.tensor(TOKENS)).logits - original(torch.tensor(TOKENS)).logits).abs()
   assert float(diff.max()) <= 1e-4
   assert (model.config.bos_token_id, model.config.eos_token_id) == (0, 1)
+  # lm.load, on one device and sharded over 8 (data, fsdp, tensor): the GGUF's logits.
+  single = np.asarray(lm.load(str(tmp_path / "m")).logits(TOKENS))
+  sharded = np.asarray(lm.load(str(tmp_path / "m"), mesh_shape=(2, 2, 2)).logits(TOKENS))
+  with torch.no_grad():
+    expected = original(torch.tensor(TOKENS)).logits.numpy()
+  assert max(np.abs(single - expected).max(), np.abs(sharded - expected).max()) <= 1e-4
   # A second import into the same directory needs --overwrite.
   with pytest.raises(SystemExit) as exit_info:
     convert.main(["import-gguf", "--gguf", path, "--model_dir", str(tmp_path / "m")])
