@@ -24,7 +24,9 @@ erase the only word that differs between a pro- and an anti-stereotypical senten
 would get the same answer and the gap would be 0 by construction. Pro and anti sentences
 differ only in the pronoun's gender and share the candidates, so the gap
 acc(pro) - acc(anti) isolates the gender-occupation association; its stderr is that of the
-paired per-sentence differences (line i of a pro file is line i of its anti file).
+paired per-sentence differences (line i of a pro file is line i of its anti file). Plain
+accuracy carries a position prior (in type 2 the referent is always the second occupation
+mentioned); the gap does not, since pro and anti sentences share it.
 """
 import csv
 import dataclasses
