@@ -152,7 +152,7 @@ def test_robust_task_reports_clean_perturbed_accuracy_and_pdr(monkeypatch):
     return robustness.TaskResult({"acc": acc}, {"acc": 0.1}, len(scored), [])
 
   monkeypatch.setattr(robustness, "evaluate_docs", fake_evaluate)
-  result = robustness.robust(None, arg="arc_easy:typo@1,stress,paraphrase_short_cues",
+  result = robustness.robust(None, arg="arc_easy:typo@1+stress+paraphrase_short_cues",
                              limit=6, seed=7)
   assert result.num_examples == 6
   for key in ("typo_1", "stress", "paraphrase_short_cues"):
@@ -165,7 +165,7 @@ def test_robust_task_reports_clean_perturbed_accuracy_and_pdr(monkeypatch):
                       lambda model, task, scored, pool=None, *, limit=None, **_:
                       again.append([d.query for d in list(scored)[:limit]]) or
                       robustness.TaskResult({"acc": 0.5}, {"acc": None}, 6, []))
-  robustness.robust(None, arg="arc_easy:typo@1,stress,paraphrase_short_cues", limit=6, seed=7)
+  robustness.robust(None, arg="arc_easy:typo@1+stress+paraphrase_short_cues", limit=6, seed=7)
   assert again == seen  # same seed, same perturbed prompts
 
 

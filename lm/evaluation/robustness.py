@@ -1,7 +1,8 @@
 """Prompt robustness: clean vs perturbed accuracy of multiple-choice tasks, and AdvGLUE.
 
-`robust:<task>[:<perturbation>,...]` scores a multiple-choice task (arc_easy, arc_challenge,
-piqa, boolq, copa, winogrande, advglue_<sub-task>) once clean and once per perturbation, with
+`robust:<task>[:<perturbation>+...]` (e.g. robust:arc_easy:typo@0.1+stress) scores a
+multiple-choice task (arc_easy, arc_challenge, piqa, boolq, copa, winogrande,
+advglue_<sub-task>) once clean and once per perturbation, with
 the same documents, choices, few-shot examples and scoring, and reports
   acc               clean accuracy;
   acc_<p>           accuracy with perturbation p applied to every scored prompt;
@@ -184,9 +185,10 @@ def task_docs(task: str, data_dir: str | None) -> list[Doc]:
 @register("robust", parametric=True)
 def robust(model, *, arg, data_dir=None, num_fewshot=0, limit=None, seed=1234, batch_size=16,
            **_) -> TaskResult:
-  """robust:<task>[:<perturbation>,...]: clean and perturbed accuracy and PDR (module doc)."""
+  """robust:<task>[:<perturbation>+...]: clean and perturbed accuracy and PDR (module doc)."""
   task, _, specs = arg.partition(":")
-  perturbations = [parse_perturbation(s) for s in (specs.split(",") if specs
+  # '+' separates perturbations: lm-eval's --tasks is already comma-separated
+  perturbations = [parse_perturbation(s) for s in (specs.split("+") if specs
                                                    else DEFAULT_PERTURBATIONS)]
   docs = task_docs(task, data_dir)
   common = dict(num_fewshot=num_fewshot, limit=limit, seed=seed, batch_size=batch_size,
