@@ -20,6 +20,8 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from lm import decoding
+from lm.decoding import beam, stream
 from lm.decoding import score as scoring
 from lm.errors import UserError
 from lm.models.config import ModelConfig
@@ -33,17 +35,22 @@ from lm.training.state import param_shardings, with_shardings
 
 @dataclasses.dataclass
 class LoadedModel:
-  """A model's config, params (on `mesh`) and tokenizer (None: token ids only)."""
+  """A model's config, params (on `mesh`), tokenizer (None: token ids only) and the token
+  ids that end generation."""
   config: ModelConfig
   params: dict
   task: str | None = None
   tokenizer: object | None = None
   mesh: jax.sharding.Mesh | None = None
+  eos_ids: tuple[int, ...] | None = None  # None: the tokenizer's EOS
 
   def __post_init__(self):
     self.module = Transformer(self.config)
     if self.mesh is None:
       self.mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
+    if self.eos_ids is None:
+      eos = None if self.tokenizer is None else self.tokenizer.eos_id
+      self.eos_ids = () if eos is None else (eos,)
     self._logits = jax.jit(lambda params, tokens: self.module.apply({"params": params}, tokens))
     self._target_logprobs = jax.jit(functools.partial(scoring.target_logprobs, self.module))
 
@@ -78,16 +85,6 @@ class LoadedModel:
     if self.tokenizer is None:
       return None
     return self.tokenizer.bos_id if self.tokenizer.bos_id is not None else self.tokenizer.eos_id
-
-  def sample(self, prompt_tokens, num_steps: int, temperature: float = 1.0,
-             top_k: int | None = None, seed: int = 0) -> np.ndarray:
-    """Continues each row of `prompt_tokens` [batch, length] by num_steps sampled tokens."""
-    from lm.sampling import generate
-    prompt = np.asarray(prompt_tokens, np.int32)
-    window = self.config.max_len if self.config.positions == "learned" else 1024
-    return np.asarray(generate(self.module, self.params, prompt, jax.random.PRNGKey(seed),
-                               num_steps=num_steps, temperature=temperature, top_k=top_k,
-                               window=min(window, prompt.shape[1] + num_steps)))
 
   # -- forward and scoring ----------------------------------------------------------------
   def logits(self, tokens) -> jax.Array:
@@ -145,11 +142,141 @@ class LoadedModel:
     logprobs, _ = self._score_requests(requests, batch_tokens)
     return np.bincount(np.asarray(owner, np.int64), weights=logprobs, minlength=len(texts))
 
+  # -- generation -------------------------------------------------------------------------
+  def generate(self, prompts: Sequence, max_new_tokens: int = 64, temperature: float = 0.0,
+               top_k: int | None = None, top_p: float | None = None,
+               min_p: float | None = None, num_samples: int = 1,
+               stop: Sequence[str] | None = None, seed: int = 0):
+    """Continues each prompt; returns, per prompt, the new tokens only.
+
+    prompts: list[str] (-> list[str], decoded without special tokens) or list[list[int]]
+    (-> list[list[int]]); num_samples > 1 gives a list of samples per prompt. Text prompts
+    are encoded as the tokenizer does by default (an HF tokenizer may add BOS); a prompt may
+    also be a chat, [{"role": "user", "content": "..."}, ...], rendered with the tokenizer's
+    chat template with the assistant's turn opened (-> text). A row ends at
+    the tokenizer's EOS (kept in token outputs), after max_new_tokens, or at the first of the
+    `stop` strings (text outputs are cut before it; token outputs end with the token that
+    completed it). temperature 0 is greedy; top_k / top_p / min_p filter sampling. Sample j of
+    a prompt depends on (seed, j) only, not on the rest of the batch.
+    """
+    outs = None
+    for outs in self.stream(prompts, max_new_tokens, temperature, top_k, top_p, min_p,
+                            num_samples, stop, seed, chunk_steps=None if not stop else 16):
+      pass
+    return outs
+
+  def stream(self, prompts: Sequence, max_new_tokens: int = 64, temperature: float = 0.0,
+             top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
+             num_samples: int = 1, stop: Sequence[str] | None = None, seed: int = 0,
+             chunk_steps: int | None = 8):
+    """generate() as a generator: yields the outputs so far (same structure as generate's)
+    after every chunk of `chunk_steps` decode steps; the last item equals generate()'s.
+    chunk_steps=None decodes in one jitted loop and yields once."""
+    ids, text = self._prompt_ids(prompts)
+    if stop and self.tokenizer is None:
+      raise UserError("stop strings need the model's tokenizer")
+    args = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                top_p=top_p, min_p=min_p, num_samples=num_samples, eos_ids=self.eos_ids,
+                seed=seed)
+    with self._context():
+      if chunk_steps is None:
+        rows = decoding.generate_ids(self.module, self.params, ids, mesh=self.mesh, **args)
+        if num_samples > 1:
+          rows = [r for per_prompt in rows for r in per_prompt]
+        chunks = _once(rows)
+      else:
+        chunks = stream.stream_ids(self.module, self.params, ids, chunk_steps=chunk_steps,
+                                   batch_multiple=self.data_parallel_size, **args)
+      rows = next(chunks)
+      while True:
+        rows, done = self._apply_stops(rows, stop)
+        yield self._format(rows, text, num_samples, stop)
+        try:
+          rows = chunks.send(done)
+        except StopIteration:
+          return
+
+  def _prompt_ids(self, prompts) -> tuple[list[list[int]], bool]:
+    """(token ids per prompt, whether outputs are text). A prompt is a str (encoded as the
+    tokenizer does by default, e.g. with an HF BOS), a chat [{"role", "content"}, ...]
+    (rendered by the tokenizer's chat template, which writes any BOS itself) or token ids."""
+    kinds = {_prompt_kind(p) for p in prompts}
+    if len(kinds) > 1:
+      raise ValueError("prompts must be all strings / chats, or all token lists")
+    if kinds != {"chat"}:
+      text = kinds == {"text"}
+      return ([self._encode(p, add_special_tokens=True) for p in prompts] if text
+              else [list(p) for p in prompts]), text
+    if self.tokenizer is None:
+      raise UserError("chat prompts need the model's tokenizer")
+    return [self._encode(self.tokenizer.apply_chat_template(p), add_special_tokens=False)
+            for p in prompts], True
+
+  def _apply_stops(self, rows, stop):
+    """(rows cut after the token completing a stop string, which rows hit one)."""
+    if not stop:
+      return rows, None
+    cut, done = [], []
+    for row in rows:
+      end = _stop_end(self.tokenizer, row, stop)
+      cut.append(row if end is None else row[:end])
+      done.append(end is not None)
+    return cut, done
+
+  def _format(self, rows, text: bool, num_samples: int, stop=None):
+    if text:
+      rows = [_cut_at_stop(self.tokenizer.decode(r), stop) for r in rows]
+    if num_samples > 1:
+      rows = [rows[i:i + num_samples] for i in range(0, len(rows), num_samples)]
+    return rows
+
+  def beam_search(self, prompts: Sequence, max_new_tokens: int = 64, num_beams: int = 4,
+                  length_penalty: float = 0.6):
+    """Per prompt, the n-best list [(new text or tokens, score), ...], best first (T5X's
+    beam search: score = log p / ((5 + length) / 6) ** length_penalty; EOS ends a beam)."""
+    ids, text = self._prompt_ids(prompts)
+    with self._context():
+      out = beam.beam_search_ids(self.module, self.params, ids, max_new_tokens=max_new_tokens,
+                                 num_beams=num_beams, length_penalty=length_penalty,
+                                 eos_ids=self.eos_ids, batch_multiple=self.data_parallel_size)
+    if text:
+      out = [[(self.tokenizer.decode(t), s) for t, s in hyps] for hyps in out]
+    return out
+
   def _prefix(self) -> int:
     if self.prefix_id is None:
       raise UserError("an empty context needs a BOS or EOS token, and this model has no "
                       "tokenizer: give a non-empty token context")
     return self.prefix_id
+
+
+def _prompt_kind(prompt) -> str:
+  if isinstance(prompt, str):
+    return "text"
+  prompt = list(prompt)
+  return "chat" if prompt and isinstance(prompt[0], dict) else "tokens"
+
+
+def _once(rows):
+  yield rows
+
+
+def _cut_at_stop(text: str, stop) -> str:
+  hits = [text.find(s) for s in stop or () if s in text]
+  return text[:min(hits)] if hits else text
+
+
+def _stop_end(tokenizer, row, stop) -> int | None:
+  """Tokens to keep: up to the one whose text completes the first stop string, or None."""
+  text = tokenizer.decode(row)
+  hits = [text.find(s) for s in stop if s in text]
+  if not hits:
+    return None
+  first = min(hits)
+  for end in range(1, len(row) + 1):
+    if any(s in tokenizer.decode(row[:end])[first:] for s in stop):
+      return end
+  return len(row)
 
 
 def _resolve_mesh(mesh_shape) -> jax.sharding.Mesh:
@@ -184,7 +311,20 @@ def load(model_dir: str, step: int | None = None, mesh_shape=None) -> LoadedMode
                                         with_shardings(abstract, shardings))
   except FileNotFoundError as e:
     raise UserError(str(e)) from None
-  return LoadedModel(config=config, params=params, task=saved.get("task"),
-                     tokenizer=load_tokenizer(model_dir), mesh=mesh)
+  tokenizer = load_tokenizer(model_dir)
+  return LoadedModel(config=config, params=params, task=saved.get("task"), tokenizer=tokenizer,
+                     mesh=mesh, eos_ids=_eos_ids(model_dir, tokenizer))
+
+
+def _eos_ids(model_dir: str, tokenizer) -> tuple[int, ...]:
+  """The ids that end generation: the tokenizer's EOS and an import's generation_config.json
+  eos_token_id (an int or a list, e.g. Llama 3's end-of-turn ids)."""
+  ids = [] if tokenizer is None or tokenizer.eos_id is None else [tokenizer.eos_id]
+  path = os.path.join(model_dir, "generation_config.json")  # written by lm-convert imports
+  if os.path.exists(path):
+    with open(path) as f:
+      eos = json.load(f).get("eos_token_id")
+    ids += eos if isinstance(eos, list) else [] if eos is None else [eos]
+  return tuple(sorted(set(map(int, ids))))
 
 

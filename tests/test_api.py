@@ -1,4 +1,4 @@
-"""lm.load: the notebook API over a trained run, and lm-sample."""
+"""lm.load: the notebook API over a trained run."""
 import os
 
 import jax
@@ -6,7 +6,6 @@ import numpy as np
 
 import lm
 from lm.models.config import num_params
-from lm.cli import sample
 
 
 def test_load_gives_config_params_and_logits(trained_run):
@@ -21,24 +20,17 @@ def test_load_gives_config_params_and_logits(trained_run):
   assert sum(x.size for x in leaves) == num_params(model.config) == 19_744
 
 
-def test_greedy_sampling_matches_argmax_of_logits(trained_run):
+def test_greedy_generate_matches_argmax_of_logits(trained_run):
   model = lm.load(trained_run)
-  prompt = np.array([[10, 20, 30]])
-  out = model.sample(prompt, num_steps=3, temperature=0.0)
-  seq = prompt
-  for _ in range(3):
-    next_token = np.asarray(model.logits(seq))[:, -1].argmax(-1)
-    seq = np.concatenate([seq, next_token[:, None]], axis=1)
-  np.testing.assert_array_equal(out, seq)
-
-
-def test_lm_sample_cli(trained_run, capsys):
-  try:
-    sample.main([f"--model_dir={trained_run}", "--prompt=ROMEO:", "--num_tokens=20"])
-  except SystemExit as e:
-    assert e.code == 0
-  out = capsys.readouterr().out
-  assert out.startswith("ROMEO:") and len(out.splitlines()[0]) >= 6
+  prompt = [10, 20, 30]
+  seq, expected = list(prompt), []
+  for _ in range(6):
+    next_token = int(np.asarray(model.logits([seq]))[0, -1].argmax())
+    expected.append(next_token)
+    seq.append(next_token)
+    if next_token in model.eos_ids:
+      break
+  assert model.generate([prompt], max_new_tokens=6) == [expected]
 
 
 def test_load_accepts_a_relative_path(trained_run, monkeypatch):
