@@ -17,7 +17,7 @@ from tokenizers import pre_tokenizers
 import lm
 from lm import tokenizers
 from lm.cli import convert
-from lm.convert import gguf_import
+from lm.convert import gguf_import, gguf_tokenizer
 from lm.errors import UserError
 from lm.models.transformer import Transformer
 
@@ -52,11 +52,14 @@ def _permute(w: np.ndarray, heads: int) -> np.ndarray:
   return w.reshape(heads, 2, w.shape[0] // heads // 2, -1).swapaxes(1, 2).reshape(w.shape)
 
 
-def write_gguf(path: str, kind: str, tied: bool, seed: int = 0):
+def write_gguf(path: str, kind: str, tied: bool, seed: int = 0, pre: str = "default",
+               add_bos: bool = False):
   """A 2-layer GQA Llama with random weights (HF layout, [out, in]) and a byte-level tokenizer."""
   rng = np.random.default_rng(seed)
-  # GPT-2's 256 byte tokens and the three the merges make.
-  vocab = SPECIALS + sorted(pre_tokenizers.ByteLevel.alphabet()) + ["Ġt", "he", "Ġthe"]
+  # GPT-2's 256 byte tokens and those the merges make (digit and contraction merges show
+  # which pre-tokenizer split the text).
+  vocab = SPECIALS + sorted(pre_tokenizers.ByteLevel.alphabet()) + [
+      "Ġt", "he", "Ġthe", "12", "123", "'T"]
   k = D // HEADS
   normal = lambda *shape: rng.normal(0.0, 0.15, shape).astype(np.float32)
   tensors = {"token_embd.weight": normal(len(vocab), D),
@@ -84,10 +87,11 @@ def write_gguf(path: str, kind: str, tied: bool, seed: int = 0):
   writer.add_layer_norm_rms_eps(1e-5)
   writer.add_vocab_size(len(vocab))
   writer.add_tokenizer_model("gpt2")
-  writer.add_tokenizer_pre("default")
+  writer.add_tokenizer_pre(pre)
+  writer.add_add_bos_token(add_bos)
   writer.add_token_list(vocab)
   writer.add_token_types([3] * len(SPECIALS) + [1] * (len(vocab) - len(SPECIALS)))
-  writer.add_token_merges(["Ġ t", "h e", "Ġt he"])
+  writer.add_token_merges(["Ġ t", "h e", "Ġt he", "1 2", "12 3", "' T"])
   writer.add_bos_token_id(0)
   writer.add_eos_token_id(1)
   writer.add_chat_template("{% for m in messages %}<|im_start|>{{ m['content'] }}{% endfor %}")
@@ -209,3 +213,29 @@ def test_unsupported_files_are_refused(gguf_files, tmp_path):
     with pytest.raises(UserError, match=message):
       gguf_import.hf_config({**meta, key: value}, tied=True)
   assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("pre", ["llama-bpe", "smollm"])
+def test_tokenizer_pre_tokenizers_and_bos(pre, tmp_path):
+  """Llama 3's split regex (case-insensitive contractions) and SmolLM's digit splitting, with
+  BOS added, against transformers' GGUF tokenizer. transformers has no 'smollm' split and uses
+  GPT-2's, which keeps digit runs together; llama.cpp (and SmolLM's own tokenizer.json) split
+  every digit, as we do. (SmolLM2's vocabulary has no multi-digit token, so on the real model
+  the two agree: tests/test_gguf_smollm2.py.)"""
+  transformers = pytest.importorskip("transformers")
+  write_gguf(str(tmp_path / "model.gguf"), "F32", True, pre=pre, add_bos=True)
+  meta = gguf_import.metadata(gguf.GGUFReader(str(tmp_path / "model.gguf")))
+  (tmp_path / "tokenizer").mkdir()
+  for name, content in gguf_tokenizer.tokenizer_files(meta).items():
+    (tmp_path / "tokenizer" / name).write_text(content, encoding="utf-8")
+  tok = tokenizers.load_tokenizer(str(tmp_path))
+  reference = transformers.AutoTokenizer.from_pretrained(str(tmp_path), gguf_file="model.gguf")
+  for text in ["the theme x", "I'm DON'T  you'll\n\n\tthe", "héllo 日本 🙂 .,"]:
+    ids = tok.encode(text)
+    assert ids[0] == 0 and ids == reference.encode(text), text
+  digits = tok.encode("x 12345", add_special_tokens=False)
+  if pre == "smollm":
+    assert [tok.decode([i]) for i in digits] == ["x", " ", "1", "2", "3", "4", "5"]
+  else:
+    assert digits == reference.encode("x 12345", add_special_tokens=False)
+    assert "123" in [tok.decode([i]) for i in digits]
