@@ -1,0 +1,144 @@
+"""lm.evaluation on a tiny in-memory model: log-likelihoods against a hand computation from
+full-sequence logits, harness metric conventions, few-shot draws, perplexity, user errors."""
+import json
+import math
+
+import jax
+import numpy as np
+import pytest
+
+from lm.api import LoadedModel
+from lm.errors import UserError
+from lm.evaluation import fewshot, metrics, multiple_choice, perplexity, registry, scoring
+from lm.evaluation.multiple_choice import Doc
+from lm.models.config import ModelConfig
+from lm.models.transformer import Transformer
+from lm.tokenizers import CharTokenizer
+
+
+@pytest.fixture(scope="module")
+def model():
+  tokenizer = CharTokenizer("abcdefghijklmnopqrstuvwxyz ?:.,\n")
+  cfg = ModelConfig(vocab_size=tokenizer.vocab_size, d_model=32, num_layers=2, num_heads=4,
+                    mlp_dim=64, max_len=48)
+  # Larger weights than the init: log-likelihoods differ by O(1) between choices.
+  init = jax.jit(lambda key: jax.tree.map(lambda p: p * 4 if p.ndim > 1 else p, Transformer(
+      cfg).init(key, np.zeros((1, 8), np.int32))["params"]))
+  params = init(jax.random.PRNGKey(0))
+  return LoadedModel(config=cfg, params=params, tokenizer=tokenizer)
+
+
+def _hand_loglikelihood(model, context: str, continuation: str) -> float:
+  """log p(continuation | context) from one full forward pass, by hand (char tokenizer:
+  the joint encoding is the concatenation; an empty context becomes EOS)."""
+  ctx = model.tokenizer.encode(context) or [model.tokenizer.eos_id]
+  cont = model.tokenizer.encode(continuation)
+  whole = (ctx + cont)[-(model.config.max_len + 1):]
+  inputs = np.zeros((1, model.config.max_len), np.int32)  # right padding: causal, no effect
+  inputs[0, :len(whole) - 1] = whole[:-1]
+  logits = np.asarray(model.logits(inputs))[0].astype(np.float64)
+  logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+      - logits.max(-1, keepdims=True)
+  targets = whole[1:]
+  return float(sum(logp[t, targets[t]] for t in range(len(targets) - len(cont), len(targets))))
+
+
+ITEMS = [
+    [("question: what is red?\nanswer:", " a rose"), ("question: what is red?\nanswer:", " sky"),
+     ("question: what is red?\nanswer:", " the sun")],
+    [("he said the", " dog ran"), ("she said the", " dog ran")],  # partial scoring
+    [("", " hello")],  # empty context: the EOS prefix
+    [("x" * 45, " tail end")],  # longer than max_len: cut on the left, scored pair by pair
+]
+
+
+def test_choice_scores_equal_hand_computed_loglikelihoods(model):
+  out = scoring.score_items(model, ITEMS, batch_size=2)
+  for item, (lls, greedy) in zip(ITEMS, out):
+    hand = [_hand_loglikelihood(model, c, x) for c, x in item]
+    np.testing.assert_allclose(lls, hand, atol=2e-4, rtol=1e-5)
+    _, ref_greedy = model.score([c for c, _ in item], [x for _, x in item])
+    np.testing.assert_array_equal(greedy, ref_greedy)
+
+
+def test_multiple_choice_metrics_follow_the_scores(model):
+  docs = [Doc("question: what is red?\nanswer:", ["a rose", "sky", "the sun"], 1),
+          Doc("", ["x", "y"], 0, contexts=["he said the", "she said the"], continuation="dog")]
+  result = multiple_choice.evaluate_docs(model, "t", docs, batch_size=2)
+  hand_acc = []
+  for doc in docs:
+    lls = [_hand_loglikelihood(model, c, x) for c, x in doc.pairs()]
+    hand_acc.append(float(np.argmax(lls) == doc.gold))
+  assert result.metrics["acc"] == np.mean(hand_acc)
+  assert result.num_examples == 2 and len(result.examples) == 2
+  assert result.examples[0]["requests"][1] == ["question: what is red?\nanswer:", " sky"]
+
+
+def test_acc_norm_divides_by_characters_and_can_flip_the_answer(monkeypatch):
+  # "no" is likelier in total, "absolutely" per character: acc picks 0, acc_norm picks 1.
+  lls = np.array([-3.0, -5.0])
+  assert metrics.choose(lls, ["no", "absolutely"]) == (0, 1)  # -1.5/char vs -0.5/char
+  assert metrics.choose([-2.0, -2.0], ["ab", "cd"]) == (0, 0)  # ties: the first choice
+  monkeypatch.setattr(scoring, "score_items",
+                      lambda model, items, batch_size: [(lls, np.zeros(2, bool))] * len(items))
+  docs = [Doc("q:", ["no", "absolutely"], 1)]
+  result = multiple_choice.evaluate_docs(None, "t", docs)
+  assert result.metrics == {"acc": 0.0, "acc_norm": 1.0}
+
+
+def test_mean_stderr_is_the_sample_standard_error():
+  x = [1.0, 0.0, 1.0, 1.0]
+  assert metrics.mean_stderr(x) == pytest.approx(np.std(x, ddof=1) / 2)
+  assert metrics.mean_stderr([1.0]) is None
+
+
+def test_fewshot_never_draws_the_scored_item_and_is_reproducible():
+  for i in range(6):
+    for seed in range(20):
+      drawn = fewshot.sample_indices(6, 5, seed, "t", i)
+      assert i not in drawn and len(set(drawn)) == 5
+      assert drawn == fewshot.sample_indices(6, 5, seed, "t", i)
+  assert {tuple(fewshot.sample_indices(50, 3, s, "t", 0)) for s in range(5)}.__len__() > 1
+  with pytest.raises(ValueError):
+    fewshot.sample_indices(6, 6, 0, "t", 0)  # only 5 others
+
+
+def test_fewshot_prompts_exclude_the_document_and_do_not_depend_on_limit(monkeypatch):
+  captured = []
+  monkeypatch.setattr(scoring, "score_items", lambda model, items, batch_size: (
+      captured.append(items) or [(np.zeros(2), np.zeros(2, bool))] * len(items)))
+  docs = [Doc(f"q{i}:", [f"a{i}", f"b{i}"], 0) for i in range(8)]
+  multiple_choice.evaluate_docs(None, "t", docs, num_fewshot=3, seed=7)
+  multiple_choice.evaluate_docs(None, "t", docs, num_fewshot=3, seed=7, limit=3)
+  full, limited = captured
+  assert full[:3] == limited
+  for i, item in enumerate(full):
+    prefix = item[0][0][:-len(docs[i].query)]
+    assert prefix.count("\n\n") == 3 and f"q{i}: a{i}" not in prefix
+
+
+def test_file_perplexity_matches_the_rolling_loglikelihood(model, tmp_path):
+  texts = ["the cat sat on the mat. " * 5, "a dog, a log\nand a frog"]
+  path = tmp_path / "docs.jsonl"
+  path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+  result = registry.get_task(f"ppl:{path}")(model, data_dir=None, num_fewshot=0, limit=None,
+                                             seed=0, batch_size=4)
+  total = float(np.sum(model.score_rolling(texts)))  # disjoint windows of max_len
+  nbytes, words = sum(len(t.encode()) for t in texts), 31 + 7  # re.split(r"\s+")
+  assert result.metrics["bits_per_byte"] == pytest.approx(-total / nbytes / math.log(2), 1e-5)
+  assert result.metrics["word_perplexity"] == pytest.approx(math.exp(-total / words), 1e-5)
+  # A stride below seq_len gives every later window more context: a different total.
+  strided = perplexity.window_logprobs(model, [model.tokenizer.encode(texts[0])], 32, 8)
+  assert abs(strided[0] - model.score_rolling(texts[:1])[0]) > 1e-3
+  with pytest.raises(UserError, match="learned position table"):
+    perplexity.window_logprobs(model, [[5, 6]], seq_len=64)
+
+
+def test_unknown_task_and_missing_files_are_user_errors(model, tmp_path):
+  with pytest.raises(UserError, match="unknown task"):
+    registry.get_task("no_such_task")
+  with pytest.raises(UserError, match="does not exist"):
+    registry.get_task("arc_easy")(model, data_dir=str(tmp_path), num_fewshot=0, limit=1,
+                                  seed=0, batch_size=1)
+  with pytest.raises(UserError, match="no file matches"):
+    registry.get_task(f"ppl:{tmp_path}/none*.txt")(model, data_dir=None)
