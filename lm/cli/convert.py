@@ -1,8 +1,10 @@
 """lm-convert: HF checkpoints (GPT-2, Llama; safetensors) <-> lm model dirs; GGUF (Llama) -> lm.
 
   lm-convert import-hf --hf_dir DIR --model_dir OUT [--scan_layers] [--dtype D] [--overwrite]
+      [--vocab_pad_multiple N]
   lm-convert export-hf --model_dir M --hf_dir OUT [--step N] [--overwrite]
   lm-convert import-gguf --gguf FILE --model_dir OUT [--scan_layers] [--dtype D] [--overwrite]
+      [--vocab_pad_multiple N]
 
 Fine-tune an imported model with lm-train ... --gin.train.init_from="'OUT'".
 """
@@ -10,6 +12,10 @@ import argparse
 import sys
 
 from lm.cli.common import run_main
+
+
+_PAD_HELP = ("pad the embedding rows to a multiple of this (e.g. 128), so that a vocabulary "
+             "like 50,257 divides the tensor axis of a mesh")
 
 
 def _main(argv):
@@ -22,6 +28,7 @@ def _main(argv):
   imp.add_argument("--dtype", default="float32", help="compute dtype of the model")
   imp.add_argument("--param_dtype", default="float32", help="dtype the weights are stored in")
   imp.add_argument("--overwrite", action="store_true", help="replace a non-empty --model_dir")
+  imp.add_argument("--vocab_pad_multiple", type=int, default=1, help=_PAD_HELP)
   exp = commands.add_parser("export-hf", help="lm model dir -> HF checkpoint dir")
   exp.add_argument("--model_dir", required=True)
   exp.add_argument("--hf_dir", required=True)
@@ -34,20 +41,23 @@ def _main(argv):
   gg.add_argument("--dtype", default="float32", help="compute dtype of the model")
   gg.add_argument("--param_dtype", default="float32", help="dtype the weights are stored in")
   gg.add_argument("--overwrite", action="store_true", help="replace a non-empty --model_dir")
+  gg.add_argument("--vocab_pad_multiple", type=int, default=1, help=_PAD_HELP)
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
 
   from lm.convert import hf_dirs  # after parsing: --help stays fast
   if args.command == "import-hf":
     cfg = hf_dirs.import_hf(args.hf_dir, args.model_dir, args.overwrite,
                             scan_layers=args.scan_layers, dtype=args.dtype,
-                            param_dtype=args.param_dtype)
+                            param_dtype=args.param_dtype,
+                            vocab_pad_multiple=args.vocab_pad_multiple)
     print(f"imported {args.hf_dir} -> {args.model_dir} ({cfg.num_layers} layers, "
           f"d_model {cfg.d_model}, vocab {cfg.vocab_size})")
   elif args.command == "import-gguf":
     from lm.convert import gguf_import
     cfg = gguf_import.import_gguf(args.gguf, args.model_dir, args.overwrite,
                                   scan_layers=args.scan_layers, dtype=args.dtype,
-                                  param_dtype=args.param_dtype)
+                                  param_dtype=args.param_dtype,
+                                  vocab_pad_multiple=args.vocab_pad_multiple)
     print(f"imported {args.gguf} -> {args.model_dir} ({cfg.num_layers} layers, "
           f"d_model {cfg.d_model}, vocab {cfg.vocab_size})")
   else:
