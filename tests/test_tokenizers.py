@@ -60,8 +60,9 @@ def test_no_tokenizer_is_none(tmp_path):
     tokenizers.CharTokenizer("ab").apply_chat_template([{"role": "user", "content": "a"}])
 
 
-def test_tokenizers_import_without_tensorflow():
+def test_tokenizers_and_conversion_import_without_tensorflow():
   code = ("import sys; sys.modules['tensorflow'] = None; sys.modules['seqio'] = None\n"
+          "import lm.convert.gguf_import, lm.convert.hf_dirs\n"
           "from lm import tokenizers; print(tokenizers.CharTokenizer('ba').encode('abc'))")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
   assert out.stdout.strip() == "[3, 4, 2]"
