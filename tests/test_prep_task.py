@@ -78,6 +78,57 @@ def test_registered_task_reads_each_split(prepared):
   assert len(text.split()) >= 50
 
 
+def _doc_texts(prepared):
+  """{id: text} of every kept document."""
+  import gzip
+  docs = {}
+  for name in sorted(os.listdir(prepared)):
+    if name.startswith("data-"):
+      with gzip.open(prepared / name, "rt", encoding="utf-8") as f:
+        docs.update((r["id"], r["text"]) for r in map(json.loads, f))
+  return docs
+
+
+def test_every_token_of_every_train_document_is_trained_on(prepared):
+  import numpy as np
+  import seqio
+  import sentencepiece
+  from lm.data.prep import splits
+  from lm.data.prep.task import register_prepared_task
+  name = register_prepared_task("prep_test_all_tokens", str(prepared))
+  report = json.loads((prepared / "report.json").read_text())
+  sp = sentencepiece.SentencePieceProcessor(model_file=str(prepared / "spm.model"))
+  train = [t for i, t in _doc_texts(prepared).items()
+           if splits.split_of(i, report["config"]["validation_fraction"]) == "train"]
+  expected = sum(len(sp.encode(t)) + 1 for t in train)  # each document and its EOS
+  assert expected > 16 * len(train)  # documents are longer than one row
+  ds = seqio.get_dataset(name, {"targets": 16}, seqio.DecoderFeatureConverter(pack=True),
+                         dataset_split="train", shuffle=False, num_epochs=1)
+  trained = sum(int(np.sum(ex["decoder_loss_weights"] > 0)) for ex in ds.as_numpy_iterator())
+  assert trained == expected
+
+
+@pytest.mark.parametrize("remove,message", [
+    ("report.json", "report.json is missing"),
+    ("spm.model", "no vocabulary: .*spm.model does not exist"),
+    ("data-*", "holds no data-\\*.jsonl.gz"),
+    ("*", "is not a directory"),
+])
+def test_bad_prepared_directory_is_a_user_error(prepared, tmp_path, remove, message):
+  import glob
+  import shutil
+  from lm.data.prep.task import register_prepared_task
+  from lm.errors import UserError
+  copy = tmp_path / "prepared"
+  shutil.copytree(prepared, copy)
+  if remove == "*":
+    shutil.rmtree(copy)
+  for path in glob.glob(str(copy / remove)):
+    os.remove(path)
+  with pytest.raises(UserError, match=message):
+    register_prepared_task("prep_test_bad_dir", str(copy))
+
+
 def test_lm_train_runs_on_the_prepared_task(prepared, tmp_path):
   from lm.cli import train
   gin_file = tmp_path / "prepared.gin"

@@ -4,6 +4,7 @@
       --seq_len=256 --continuous --train_examples=320000 --validation_examples=12800
 """
 import argparse
+import itertools
 import os
 import shutil
 
@@ -14,8 +15,8 @@ from lm.data.inputs import InputConfig, make_batches
 
 def export_split(cfg: InputConfig, split: str, num_examples: int, out_dir: str) -> int:
   """Writes out_dir/<split>/<feature>.npy with `num_examples` rows (rounded down to batches)."""
-  batches = make_batches(cfg, split)
-  parts = [next(batches) for _ in range(num_examples // cfg.batch_size)]
+  # validation batches end with the split: a small one exports fewer rows
+  parts = list(itertools.islice(make_batches(cfg, split), num_examples // cfg.batch_size))
   tmp = os.path.join(out_dir, f".{split}.tmp")
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)

@@ -6,11 +6,7 @@ Two kinds of task:
 - document tasks read documents (lines of .txt files, JSONL records, TFDS examples), append
   EOS and split long documents into sequence-length pieces; the feature converter packs them.
 """
-import codecs
 import functools
-import glob
-import gzip
-import json
 import os
 from typing import Mapping, Sequence
 
@@ -18,6 +14,7 @@ import gin
 import seqio
 import tensorflow as tf
 
+from lm.data.sources import LinesDataSource, RandomWindowsSource, check_files
 from lm.data.vocabularies import CharVocabulary, sentencepiece_vocabulary, train_sentencepiece
 from lm.errors import UserError
 
@@ -34,31 +31,6 @@ def split_text(text: str, train_fraction: float) -> dict[str, str]:
   """nanoGPT's split: the first `train_fraction` of characters train, the rest validate."""
   n = int(len(text) * train_fraction)
   return {"train": text[:n], "validation": text[n:]}
-
-
-class RandomOffsetsSource(seqio.DataSource):
-  """An endless stream of {"offset": uniform in [0, 1), "split": index of the split}.
-
-  Sharding is by seed, so any number of shards draw independent, reproducible streams.
-  """
-
-  def __init__(self, splits: Sequence[str]):
-    super().__init__(splits=splits, num_input_examples=None, caching_permitted=False)
-
-  @property
-  def supports_arbitrary_sharding(self) -> bool:
-    return True
-
-  def list_shards(self, split):
-    return [split]
-
-  def get_dataset(self, split="train", shuffle=True, seed=None, shard_info=None, **unused):
-    del shuffle, unused
-    shard = (shard_info.index, shard_info.num_shards) if shard_info else (0, 1)
-    split_index = list(self.splits).index(split)
-    stream_seed = hash((seed or 0, split_index) + shard) % (2**31)
-    return tf.data.Dataset.random(seed=stream_seed).map(lambda x: {
-        "offset": tf.cast(x % (2**30), tf.float64) / 2**30, "split": split_index})
 
 
 @functools.cache
@@ -96,10 +68,10 @@ def register_corpus_task(name: str, splits: Mapping[str, str], vocabulary: seqio
       raise UserError(f"task {name}: split {split!r} is empty")
   seqio.TaskRegistry.add(
       name,
-      source=RandomOffsetsSource(splits=tuple(splits)),
+      source=RandomWindowsSource(splits=tuple(splits)),
       preprocessors=[functools.partial(_corpus_windows, texts=tuple(splits.values()))],
       output_features={"targets": seqio.Feature(vocabulary, add_eos=False)},
-      metric_fns=[])
+      metric_fns=[], shuffle_buffer_size=None)  # windows are independent: no buffer
 
 
 def _split_into_pieces(dataset, sequence_length, output_features):
@@ -117,7 +89,8 @@ def _split_into_pieces(dataset, sequence_length, output_features):
   return dataset.flat_map(pieces)
 
 
-def _document_task(name, source, vocabulary, text_key):
+def register_document_task(name, source, vocabulary, text_key):
+  """Registers (or replaces) a task of EOS-terminated documents cut into SEQ_LEN pieces."""
   if name in seqio.TaskRegistry.names():  # gin may build the same config twice
     seqio.TaskRegistry.remove(name)
   seqio.TaskRegistry.add(
@@ -132,72 +105,21 @@ def _document_task(name, source, vocabulary, text_key):
       metric_fns=[])
 
 
-def _expand(pattern: str) -> list[str]:
-  paths = sorted(glob.glob(os.path.expanduser(pattern)))
-  if not paths:
-    raise UserError(f"no data file matches {pattern!r}")
-  for path in paths:
-    _check_utf8(path)
-  return paths
-
-
-def _open(path):
-  return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
-
-
-def _check_utf8(path: str):
-  """Fails early, naming the file, on empty files and invalid UTF-8 (read in 16 MB chunks)."""
-  decoder = codecs.getincrementaldecoder("utf-8")()
-  offset = 0  # bytes read before the current chunk
-  try:
-    with _open(path) as f:
-      while chunk := f.read(1 << 24):
-        decoder.decode(chunk)
-        offset += len(chunk)
-      decoder.decode(b"", final=True)
-  except UnicodeDecodeError as e:
-    raise UserError(f"{path}: invalid UTF-8 near byte {offset + e.start}") from None
-  if offset == 0:
-    raise UserError(f"{path}: data file is empty")
-
-
-def _read_documents(paths: Sequence[str], file_format: str, text_key: str):
-  for path in paths:
-    with _open(path) as f:
-      for line_no, line in enumerate(f, 1):
-        line = line.decode("utf-8").rstrip("\n")
-        if file_format == "jsonl":
-          try:
-            text = json.loads(line)[text_key] if line.strip() else ""
-          except (json.JSONDecodeError, KeyError, TypeError):
-            raise UserError(f"{path}:{line_no}: not a JSON object with a {text_key!r} field")
-        else:
-          text = line
-        if text.strip():
-          yield text
-
-
 @gin.configurable
 def register_files_task(name: str, split_patterns: Mapping[str, str], vocabulary,
                         file_format: str = "text", text_key: str = "text") -> str:
   """A document task over local files: one document per line of .txt, or per JSONL record.
 
-  `split_patterns` maps split names to globs (".gz" files are read too); every file is checked
-  for existence and UTF-8 here, so bad data fails before training starts. Returns `name`, so
-  gin can bind `InputConfig.task = @register_files_task()`.
+  `split_patterns` maps split names to globs (".gz" files are read too); every file is read
+  once here (exists, not empty, UTF-8, every JSONL line an object with a string `text_key`),
+  so bad data fails before training starts, naming file and line. Returns `name`, so gin can
+  bind `InputConfig.task = @register_files_task()`.
   """
   if file_format not in ("text", "jsonl"):
     raise UserError(f"file_format must be 'text' or 'jsonl', not {file_format!r}")
-  files = {split: _expand(pattern) for split, pattern in split_patterns.items()}
-
-  def dataset_fn(split, shuffle_files, seed=None):
-    del shuffle_files, seed  # seqio shuffles the examples
-    return tf.data.Dataset.from_generator(
-        lambda: ({"text": t} for t in _read_documents(files[split], file_format, text_key)),
-        output_signature={"text": tf.TensorSpec((), tf.string)})
-
-  source = seqio.FunctionDataSource(dataset_fn, splits=tuple(files), caching_permitted=False)
-  _document_task(name, source, vocabulary, "text")
+  files = {split: check_files(pattern, file_format, text_key)
+           for split, pattern in split_patterns.items()}
+  register_document_task(name, LinesDataSource(files, file_format, text_key), vocabulary, "text")
   return name
 
 
@@ -206,7 +128,7 @@ def register_tfds_task(name: str, tfds_name: str, vocabulary, data_dir: str | No
                        text_key: str = "text", splits: Sequence[str] | Mapping[str, str] = None):
   """A document task over a TFDS dataset already prepared under `data_dir` (no download)."""
   source = seqio.TfdsDataSource(tfds_name=tfds_name, tfds_data_dir=data_dir, splits=splits)
-  _document_task(name, source, vocabulary, text_key)
+  register_document_task(name, source, vocabulary, text_key)
   return name
 
 

@@ -13,28 +13,19 @@ the pipeline used for the per-split counts in report.json.
 
 import functools
 import glob
-import gzip
 import json
 import os
-import random
 from typing import Optional, Union
 
 import gin
 import seqio
-import tensorflow as tf
 
 from lm.data.prep import splits
+from lm.data.sources import LinesDataSource
+from lm.data.tasks import register_document_task
+from lm.errors import UserError
 
 VocabularyArg = Union[None, str, seqio.Vocabulary]
-
-
-def _documents(files, split, validation_fraction):
-  for path in files:
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-      for line in f:
-        doc = json.loads(line)
-        if splits.split_of(doc["id"], validation_fraction) == split:
-          yield {"id": doc["id"], "text": doc["text"]}
 
 
 def _vocabulary(data_dir: str, vocabulary: VocabularyArg) -> seqio.Vocabulary:
@@ -42,9 +33,20 @@ def _vocabulary(data_dir: str, vocabulary: VocabularyArg) -> seqio.Vocabulary:
     return vocabulary
   path = vocabulary or os.path.join(data_dir, "spm.model")
   if not os.path.exists(path):
-    raise ValueError(f"no vocabulary: {path} does not exist (run lm-prep with "
-                     "--spm_vocab_size, or pass vocabulary=)")
+    raise UserError(f"no vocabulary: {path} does not exist (run lm-prep with "
+                    "--spm_vocab_size, or pass vocabulary=)")
   return seqio.SentencePieceVocabulary(path)
+
+
+def _validation_fraction(data_dir: str) -> float:
+  path = os.path.join(data_dir, "report.json")
+  try:
+    with open(path) as f:
+      return float(json.load(f)["config"]["validation_fraction"])
+  except OSError:
+    raise UserError(f"{path} is missing (not a complete lm-prep output directory?)") from None
+  except (ValueError, KeyError, TypeError):
+    raise UserError(f"{path} has no config.validation_fraction") from None
 
 
 @gin.configurable
@@ -52,6 +54,9 @@ def register_prepared_task(name: str, data_dir: str,
                            vocabulary: VocabularyArg = None,
                            validation_fraction: Optional[float] = None) -> str:
   """Registers (or re-registers) task `name` over an lm-prep output dir.
+
+  A document task like `lm.data.tasks.register_files_task`: EOS ends every document and long
+  documents are cut into SEQ_LEN pieces, so every token of every kept document is trained on.
 
   Args:
     name: the SeqIO task name.
@@ -63,36 +68,16 @@ def register_prepared_task(name: str, data_dir: str,
   Returns:
     `name`, so gin can use the call as the value of a TASK macro.
   """
+  if not os.path.isdir(data_dir):
+    raise UserError(f"{data_dir} is not a directory (an lm-prep --output_dir)")
   files = sorted(glob.glob(os.path.join(data_dir, "data-*.jsonl.gz")))
   if not files:
-    raise ValueError(f"{data_dir} holds no data-*.jsonl.gz (not an lm-prep "
-                     "output directory?)")
+    raise UserError(f"{data_dir} holds no data-*.jsonl.gz (not an lm-prep "
+                    "output directory?)")
   if validation_fraction is None:
-    with open(os.path.join(data_dir, "report.json")) as f:
-      validation_fraction = json.load(f)["config"]["validation_fraction"]
-
-  def dataset_fn(split, shuffle_files, seed=None):
-    order = list(files)
-    if shuffle_files:
-      random.Random(seed).shuffle(order)
-    return tf.data.Dataset.from_generator(
-        functools.partial(_documents, order, split, validation_fraction),
-        output_signature={"id": tf.TensorSpec((), tf.string),
-                          "text": tf.TensorSpec((), tf.string)})
-
-  seqio.TaskRegistry.remove(name)  # Re-registering replaces the old task.
-  seqio.TaskRegistry.add(
-      name,
-      source=seqio.FunctionDataSource(
-          dataset_fn, splits=(splits.TRAIN, splits.VALIDATION),
-          caching_permitted=False),
-      preprocessors=[
-          functools.partial(seqio.preprocessors.rekey,
-                            key_map={"targets": "text"}),
-          seqio.preprocessors.tokenize,
-          seqio.preprocessors.append_eos_after_trim,
-      ],
-      output_features={"targets": seqio.Feature(
-          _vocabulary(data_dir, vocabulary), add_eos=True)},
-      metric_fns=[])
+    validation_fraction = _validation_fraction(data_dir)
+  split_of = functools.partial(splits.split_of, validation_fraction=validation_fraction)
+  source = LinesDataSource({splits.TRAIN: files, splits.VALIDATION: files}, "jsonl", "text",
+                           split_of=split_of)
+  register_document_task(name, source, _vocabulary(data_dir, vocabulary), "text")
   return name
