@@ -73,6 +73,8 @@ def write_prefill(buf_BS, new_BL):
 def write_step(buf_BS, new_BL, index):
   """Writes tokens index..index+L-1 into slots (index + i) % S (L <= S)."""
   s, l = buf_BS.shape[1], new_BL.shape[1]
+  if l > s:
+    raise ValueError(f"{l} tokens in one decode call do not fit a cache of {s} slots")
   new_BL = new_BL.astype(buf_BS.dtype)
   if l == 1:  # the decode step: one in-place slice update
     return jax.lax.dynamic_update_slice_in_dim(buf_BS, new_BL, index % s, axis=1)
