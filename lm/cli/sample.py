@@ -27,7 +27,8 @@ def _parser():
   parser.add_argument("--output", help="JSONL output of --prompt_file (default: stdout)")
   parser.add_argument("--chat", action="store_true",
                       help="wrap each prompt as a user message in the tokenizer's chat template")
-  parser.add_argument("--max_new_tokens", "--num_tokens", type=int, default=300)
+  parser.add_argument("--max_new_tokens", "--num_tokens", type=int,
+                      help="default: 300, or what a learned-position model's max_len leaves")
   parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
   parser.add_argument("--top_k", type=int)
   parser.add_argument("--top_p", type=float)
@@ -74,6 +75,11 @@ def _main(argv):
     raise UserError(f"{args.model_dir} has no tokenizer (tokenizer/): lm-sample needs one "
                     "to read prompts; use lm.load(...).generate with token ids instead")
   texts = [[{"role": "user", "content": p}] if args.chat else p for p in prompts]
+  if args.max_new_tokens is None:
+    args.max_new_tokens = 300
+    if model.config.positions == "learned":  # no position past max_len: stop there
+      longest = max(len(model.tokenizer.encode(p)) for p in prompts)
+      args.max_new_tokens = max(1, min(300, model.config.max_len - longest))
   sampling = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                   top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                   num_samples=args.num_samples, stop=args.stop or None, seed=args.seed)
