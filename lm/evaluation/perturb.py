@@ -67,10 +67,6 @@ def _count(rate: float, eligible: int) -> int:
   return min(eligible, max(1, int(rate * eligible + 0.5)))
 
 
-def _same_case(new: str, like: str) -> str:
-  return new.upper() if like.isupper() else new
-
-
 def _typo_positions(word: str, kind: str) -> list[int]:
   """Positions at which `kind` changes the word (empty: not applicable)."""
   if kind == "swap":
@@ -91,7 +87,7 @@ def _apply_typo(word: str, kind: str, rng: np.random.Generator) -> str:
   if kind == "delete":
     return word[:i] + word[i + 1:]
   near = NEIGHBOURS[word[i].lower()]
-  ch = _same_case(near[int(rng.integers(len(near)))], word[i])
+  ch = _match_case(near[int(rng.integers(len(near)))], word[i])
   if kind == "insert":
     return word[:i + 1] + ch + word[i + 1:]
   return word[:i] + ch + word[i + 1:]  # keyboard
@@ -155,6 +151,7 @@ def load_synonyms(path: str | None = None) -> dict[str, tuple[str, ...]]:
 
 
 def _match_case(new: str, like: str) -> str:
+  """`new` in the case of `like`: all caps, capitalised or as is."""
   if like.isupper() and len(like) > 1:
     return new.upper()
   if like[0].isupper():
