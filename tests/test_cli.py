@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from conftest import NANO_RUN, REPO
+from lm import tokenizers
 from lm.cli import train
 
 
@@ -35,6 +36,11 @@ def test_run_writes_metrics_config_and_checkpoints(trained_run):
   assert "ModelConfig.d_model = 32" in config and "TRAIN_STEPS = 40" in config
   assert sorted(os.listdir(os.path.join(trained_run, "checkpoints"))) == ["20", "40"]
   assert os.listdir(os.path.join(trained_run, "tensorboard"))
+  run = json.load(open(os.path.join(trained_run, "run.json")))
+  assert run["input"]["batch_size"] == 8 and run["optimizer"]["decay_steps"] == 40
+  # The task's tokenizer travels with the run (decoding needs no TensorFlow).
+  assert os.path.isfile(os.path.join(tokenizers.tokenizer_dir(trained_run), tokenizers.CHARS_FILE))
+  assert all("train/nll" in r for r in train_rows)
 
 
 def _fails(argv, capsys, message):

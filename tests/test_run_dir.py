@@ -1,4 +1,4 @@
-"""The run directory across starts: relative paths, resume checks, run id, metrics, failed starts."""
+"""The run directory across starts: relative paths, resume checks, run id, failed starts."""
 import dataclasses
 import json
 import os

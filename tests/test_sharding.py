@@ -68,7 +68,7 @@ def test_indivisible_batch_and_heads():
 def test_indivisible_model_sizes_and_vocab_padding():
   tensor, fsdp = mesh_of((1, 1, 4)), mesh_of((1, 4, 1))
   gpt2 = ModelConfig(vocab_size=50257, d_model=64, num_heads=4, mlp_dim=256)
-  with pytest.raises(UserError, match="vocab_size=50257 .* not divisible by the tensor axis size 4; pad it"):
+  with pytest.raises(UserError, match="vocab_size=50257 .* by the tensor axis size 4; pad it"):
     check_model_divisible(tensor, gpt2)
   check_model_divisible(tensor, ModelConfig(vocab_size=50257, vocab_pad_multiple=128, d_model=64,
                                             num_heads=4, mlp_dim=256))  # 50,304 rows

@@ -1,5 +1,6 @@
 """Weights & Biases logging of the same metrics and the operative config, offline."""
 import glob
+import json
 import os
 
 import pytest
@@ -21,6 +22,9 @@ def test_wandb_offline_run_records_metrics_and_config(tmp_path, monkeypatch):
   assert exit_info.value.code == 0
   runs = glob.glob(str(model_dir / "wandb" / "offline-run-*"))
   assert len(runs) == 1
+  # The W&B id is the run's own id (kept in run.json across resumes), not the dir's basename.
+  run_id = json.load(open(model_dir / "run.json"))["run_id"]
+  assert runs[0].endswith(f"-{run_id}") and len(run_id) == 32
   # The offline run's record log (synced later by `wandb sync`) holds both logged steps'
   # metrics and the config with the operative gin text.
   (log,) = glob.glob(os.path.join(runs[0], "*.wandb"))

@@ -50,8 +50,8 @@ def train(model_dir: str, *, model_cfg: ModelConfig = gin.REQUIRED, input_cfg=gi
 
   batches_fn(input_cfg, split, start) returns an iterator of numpy batches of this process's
   rows with a `.state` (batches read) and a `.vocab_size` (None: unknown); input_cfg is a
-  dataclass with .batch_size and .seq_len. Evals read the first `eval_steps` validation batches (fewer if the
-  split ends sooner), once; eval_steps=0 turns evals off.
+  dataclass with .batch_size and .seq_len. Evals read the first `eval_steps` validation
+  batches (fewer if the split ends sooner) once, at start-up; eval_steps=0 turns evals off.
 
   Every check runs before anything is written: a failed start leaves model_dir as it was.
   """
