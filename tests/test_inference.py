@@ -72,6 +72,8 @@ def test_outputs_follow_the_interface(model):
   text = model.generate(["abc", "j"], max_new_tokens=5)
   ids = model.generate([model.tokenizer.encode(p) for p in ("abc", "j")], max_new_tokens=5)
   assert text == [model.tokenizer.decode(r) for r in ids]
+  with pytest.raises(ValueError, match="does not fit"):
+    model.score([[4]], [[5] * 65])
   rolling = model.score_rolling(["abcdefghij" * 9, [4, 5, 6]])
   assert rolling.shape == (2,) and rolling[1] == pytest.approx(
       model.score([[1]], [[4, 5, 6]])[0][0], abs=1e-5)

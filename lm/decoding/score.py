@@ -84,6 +84,9 @@ def score_requests(logprob_fn: LogprobFn, requests: Sequence[Request], max_len: 
       raise ValueError(f"request {i} has an empty continuation")
     if not context:
       raise ValueError(f"request {i} has an empty context (give a prefix token)")
+    if len(continuation) > max_len:
+      raise ValueError(f"request {i}: a continuation of {len(continuation)} tokens does not "
+                       f"fit the model's {max_len} positions (use score_rolling)")
     whole = (list(context) + list(continuation))[-(max_len + 1):]
     rows.append((i, whole[:-1], whole[1:], len(continuation)))
   buckets: dict[int, list] = {}
