@@ -167,11 +167,33 @@ def dot_product_attention(q_BLHK, k_BSGK, v_BSGK, mask_B1LS, backend: str = "jnp
   return jnp.einsum(out_eq, probs, v_BSGK).reshape(b, l, h, k)
 
 
+def _layer_slice(cache, layer=None):
+  """The layer's [B, S, G, K] keys or values: the cache itself, or its slice of a stack."""
+  return cache if layer is None else jax.lax.dynamic_index_in_dim(cache, layer, keepdims=False)
+
+
+def _write_layer(cache, new_BLGK, layer=None, *, prefill: bool, index):
+  """Writes a layer's new keys or values into its cache, or into its slice of the stacked
+  [num_layers, B, S, G, K] cache of scanned layers (which rides in the scan's carry, so a
+  decode step updates one slot in place instead of copying every layer's cache)."""
+  axes = _CACHE_AXES if layer is None else ("layers",) + _CACHE_AXES
+  if layer is not None and not prefill and new_BLGK.shape[1] == 1:
+    start = (layer, 0, index % cache.shape[2], 0, 0)
+    return constrain(jax.lax.dynamic_update_slice(cache, new_BLGK[None].astype(cache.dtype),
+                                                  start), axes)
+  old = _layer_slice(cache, layer)
+  updated = write_prefill(old, new_BLGK) if prefill else write_step(old, new_BLGK, index)
+  if layer is not None:
+    updated = jax.lax.dynamic_update_index_in_dim(cache, updated, layer, 0)
+  return constrain(updated, axes)
+
+
 class Attention(nn.Module):
   """Self-attention block: projections, optional qk-norm and RoPE, masked attention, output.
 
   Without `kv` it attends within the given tokens (training). With a layer's cache
-  kv = (k_BSGK, v_BSGK) it also returns the updated pair:
+  kv = (k_BSGK, v_BSGK), or (k, v, layer) for layer `layer` of the stacked caches of scanned
+  layers, it also returns the updated (k, v):
   - cache_mode 'prefill': the cache is empty; the tokens (real ones marked by segment id 1,
     padding by 0) attend among themselves, then are written to slots 0.. (mod S).
   - cache_mode 'decode': the tokens are written at slot `index` (mod S), then attend to every
@@ -203,15 +225,12 @@ class Attention(nn.Module):
     v_BLGK = constrain(v_BLGK, ("batch", "length", "kv_heads", "head_dim"))
     new_kv, k_pos_BS, q_seg_BL, k_seg_BS = None, positions_BL, segment_ids_BL, segment_ids_BL
     if kv is not None:
-      k_cache, v_cache = kv
-      if self.cache_mode == "prefill":
-        new_kv = (write_prefill(k_cache, k_BLGK), write_prefill(v_cache, v_BLGK))
-      else:
-        new_kv = (write_step(k_cache, k_BLGK, index), write_step(v_cache, v_BLGK, index))
-        k_BLGK, v_BLGK = new_kv  # attend over every slot
+      write = functools.partial(_write_layer, prefill=self.cache_mode == "prefill", index=index)
+      new_kv = (write(kv[0], k_BLGK, *kv[2:]), write(kv[1], v_BLGK, *kv[2:]))
+      if self.cache_mode == "decode":  # attend over every slot
+        k_BLGK, v_BLGK = (_layer_slice(c, *kv[2:]) for c in new_kv)
         k_pos_BS, k_seg_BS = cache_pos_BS, (cache_pos_BS >= 0).astype(jnp.int32)
         q_seg_BL = jnp.ones_like(positions_BL, jnp.int32)
-      new_kv = tuple(constrain(c, _CACHE_AXES) for c in new_kv)
     mask = make_mask(positions_BL, k_pos_BS, q_seg_BL, k_seg_BS,
                      window=cfg.attention_window, sparse_block=cfg.sparse_block_size,
                      sparse_summary=cfg.sparse_summary_tokens,

@@ -56,6 +56,18 @@ class Block(nn.Module):
     return constrain(x_BLD, ("batch", "length", "embed")), (new_kv[0] if new_kv else None)
 
 
+class _ScanBlock(Block):
+  """Block with nn.scan's signature: carry (x, stacked (k, v) cache or None), layer number."""
+
+  def __call__(self, carry, layer, positions_BL, segment_ids_BL, cache_pos_BS=None,
+               index=None):
+    x_BLD, kv = carry
+    layer_kv = None if kv is None else (kv[0], kv[1], layer)
+    x_BLD, kv = super().__call__(x_BLD, positions_BL, segment_ids_BL, layer_kv, cache_pos_BS,
+                                 index)
+    return (x_BLD, kv), None
+
+
 class Transformer(nn.Module):
   """tokens [B, L] -> logits [B, L, vocab] (float32).
 
@@ -95,17 +107,18 @@ class Transformer(nn.Module):
         cache_pos_BS = write_step(cache.pos_BS, positions_BL, index)
 
     block_args = dict(deterministic=deterministic, cache_mode=cache_mode, causal=causal)
-    block = Block
+    block = _ScanBlock if cfg.scan_layers else Block
     if cfg.remat != "none":
       block = nn.remat(block, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
     if cfg.scan_layers:
-      # Scanned layers: the carry is x; each layer reads and writes its slice of the cache.
+      # The carry holds x and the stacked cache; the scanned input is the layer number.
       stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True,
-                      "dropout": True}, in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast,
+                      "dropout": True}, in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast,
                                                  nn.broadcast),
                       length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
-      x_BLD, kv = stack(cfg, name="layers", **block_args)(x_BLD, positions_BL, segment_ids_BL,
-                                                          kv, cache_pos_BS, index)
+      (x_BLD, kv), _ = stack(cfg, name="layers", **block_args)(
+          (x_BLD, kv), jnp.arange(cfg.num_layers), positions_BL, segment_ids_BL, cache_pos_BS,
+          index)
     else:
       new_kv = []
       for i in range(cfg.num_layers):
