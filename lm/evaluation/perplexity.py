@@ -107,8 +107,8 @@ def file_perplexity(model, *, arg, limit=None, batch_size=16, seq_len=None, stri
 @register("seqio", parametric=True)
 def seqio_perplexity(model, *, arg, limit=None, batch_size=16, seq_len=None, stride=None, **_):
   """Perplexity of a SeqIO task's split, `arg` = "task[:split]"."""
-  from lm.evaluation import seqio_docs  # TensorFlow only on this path
+  from lm.data import documents  # TensorFlow only on this path
   name, _, split = arg.partition(":")
-  texts, docs_ids = seqio_docs.documents(name, split or "validation", limit)
+  texts, docs_ids = documents.documents(name, split or "validation", limit)
   lls = window_logprobs(model, docs_ids, seq_len, stride, batch_tokens=batch_size * 256)
   return perplexity_result(texts, docs_ids, lls)

@@ -1,5 +1,5 @@
-"""Documents of a SeqIO task's split for perplexity (the only evaluation module that imports
-lm.data, hence TensorFlow; loaded only for `seqio:` tasks)."""
+"""Documents of a SeqIO task's split as text and token ids (lm-eval's `seqio:` perplexity tasks
+import this lazily, so evaluation imports TensorFlow only on that path)."""
 import functools
 
 import seqio
