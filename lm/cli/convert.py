@@ -18,17 +18,22 @@ _PAD_HELP = ("pad the embedding rows to a multiple of this (e.g. 128), so that a
              "like 50,257 divides the tensor axis of a mesh")
 
 
+def _import_options(parser):
+  """The options import-hf and import-gguf share: where to write and how to store the model."""
+  parser.add_argument("--model_dir", required=True)
+  parser.add_argument("--scan_layers", action="store_true", help="stack layers for nn.scan")
+  parser.add_argument("--dtype", default="float32", help="compute dtype of the model")
+  parser.add_argument("--param_dtype", default="float32", help="dtype the weights are stored in")
+  parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --model_dir")
+  parser.add_argument("--vocab_pad_multiple", type=int, default=1, help=_PAD_HELP)
+
+
 def _main(argv):
   parser = argparse.ArgumentParser(prog="lm-convert", description=__doc__.split("\n")[0])
   commands = parser.add_subparsers(dest="command", required=True)
   imp = commands.add_parser("import-hf", help="HF checkpoint dir -> lm model dir")
   imp.add_argument("--hf_dir", required=True, help="config.json + *.safetensors (or an index)")
-  imp.add_argument("--model_dir", required=True)
-  imp.add_argument("--scan_layers", action="store_true", help="stack layers for nn.scan")
-  imp.add_argument("--dtype", default="float32", help="compute dtype of the model")
-  imp.add_argument("--param_dtype", default="float32", help="dtype the weights are stored in")
-  imp.add_argument("--overwrite", action="store_true", help="replace a non-empty --model_dir")
-  imp.add_argument("--vocab_pad_multiple", type=int, default=1, help=_PAD_HELP)
+  _import_options(imp)
   exp = commands.add_parser("export-hf", help="lm model dir -> HF checkpoint dir")
   exp.add_argument("--model_dir", required=True)
   exp.add_argument("--hf_dir", required=True)
@@ -36,12 +41,7 @@ def _main(argv):
   exp.add_argument("--overwrite", action="store_true", help="replace a non-empty --hf_dir")
   gg = commands.add_parser("import-gguf", help="GGUF file (Llama family) -> lm model dir")
   gg.add_argument("--gguf", required=True, help="a llama.cpp .gguf file")
-  gg.add_argument("--model_dir", required=True)
-  gg.add_argument("--scan_layers", action="store_true", help="stack layers for nn.scan")
-  gg.add_argument("--dtype", default="float32", help="compute dtype of the model")
-  gg.add_argument("--param_dtype", default="float32", help="dtype the weights are stored in")
-  gg.add_argument("--overwrite", action="store_true", help="replace a non-empty --model_dir")
-  gg.add_argument("--vocab_pad_multiple", type=int, default=1, help=_PAD_HELP)
+  _import_options(gg)
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
 
   from lm.convert import hf_dirs  # after parsing: --help stays fast
