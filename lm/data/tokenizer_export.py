@@ -2,7 +2,8 @@
 
 The training loop calls `save_task_tokenizer` so that every run directory can turn text into
 ids and back without TensorFlow: the character table goes to MODEL_DIR/tokenizer/chars.json,
-a SentencePiece model is copied to MODEL_DIR/tokenizer/spm.model.
+a SentencePiece model is copied to MODEL_DIR/tokenizer/spm.model, an HF tokenizer's files
+(lm.data.vocabularies.model_vocabulary) are copied as they are.
 """
 import json
 import os
@@ -14,7 +15,7 @@ import tensorflow as tf
 
 from lm import tokenizers
 from lm.data.pipeline import vocabulary
-from lm.data.vocabularies import CharVocabulary
+from lm.data.vocabularies import CharVocabulary, TokenizerVocabulary
 
 
 def _base_vocabulary(vocab: seqio.Vocabulary) -> seqio.Vocabulary:
@@ -38,6 +39,11 @@ def save_task_tokenizer(task: str, model_dir: str) -> str | None:
   elif isinstance(vocab, seqio.SentencePieceVocabulary) and not vocab.extra_ids:
     def write(tmp):  # the path may be on any TF filesystem (gs://...)
       tf.io.gfile.copy(vocab.sentencepiece_model_file, os.path.join(tmp, tokenizers.SPM_FILE))
+  elif isinstance(vocab, TokenizerVocabulary):  # a model directory's HF tokenizer, as it is
+    def write(tmp):
+      for name in tokenizers.HF_TOKENIZER_FILES:
+        if os.path.exists(os.path.join(vocab.directory, name)):
+          shutil.copy(os.path.join(vocab.directory, name), tmp)
   else:
     return None
   target = tokenizers.tokenizer_dir(model_dir)

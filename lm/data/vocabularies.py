@@ -1,4 +1,6 @@
-"""Vocabularies: a character-level seqio.Vocabulary and SentencePiece models trained locally."""
+"""Vocabularies: a character-level seqio.Vocabulary, SentencePiece models trained locally, and
+a model directory's own tokenizer (`model_vocabulary`)."""
+import functools
 import hashlib
 import os
 import tempfile
@@ -8,6 +10,9 @@ import numpy as np
 import seqio
 import sentencepiece as spm
 import tensorflow as tf
+
+from lm import tokenizers
+from lm.errors import UserError
 
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2  # seqio's conventions; characters start at 3.
 _NUM_SPECIAL = 3
@@ -105,3 +110,91 @@ def train_sentencepiece(text: str, vocab_size: int, model_type: str = "unigram",
 @gin.configurable
 def sentencepiece_vocabulary(path: str) -> seqio.SentencePieceVocabulary:
   return seqio.SentencePieceVocabulary(path)
+
+
+class TokenizerVocabulary(seqio.Vocabulary):
+  """A model directory's HF tokenizer (MODEL_DIR/tokenizer/tokenizer.json) as a seqio.Vocabulary.
+
+  Ids are exactly `lm.tokenizers.load_tokenizer(model_dir).encode(text, add_special_tokens)`;
+  by default nothing is added around a text (seqio's convention: a task appends EOS itself, and
+  a rendered chat template already holds its BOS). Equal vocabularies read the same directory,
+  so tasks of one model can share a seqio.Mixture.
+  """
+
+  def __init__(self, model_dir: str, add_special_tokens: bool = False):
+    self.directory = os.path.abspath(tokenizers.tokenizer_dir(model_dir))
+    self.add_special_tokens = add_special_tokens
+    self.tokenizer = tokenizers.load_tokenizer(model_dir)
+    super().__init__(extra_ids=0)
+
+  @property
+  def bos_id(self):
+    return self.tokenizer.bos_id
+
+  @property
+  def eos_id(self):
+    return self.tokenizer.eos_id
+
+  @property
+  def unk_id(self):
+    return None  # ids past the tokenizer (a padded vocab) decode to nothing, not to an unk
+
+  @property
+  def _base_vocab_size(self):
+    return self.tokenizer.vocab_size
+
+  def _encode(self, s):
+    return self.tokenizer.encode(s, add_special_tokens=self.add_special_tokens)
+
+  def _decode(self, ids):
+    n = self.tokenizer.vocab_size
+    return self.tokenizer.decode([i for i in map(int, ids) if 0 <= i < n])
+
+  def _encode_tf(self, s):
+    def encode(text):  # bytes, or a 0-d array of them (eager mode)
+      return np.array(self._encode(np.asarray(text).item().decode("utf-8")), np.int32)
+    ids = tf.numpy_function(encode, [s], tf.int32, stateful=False)
+    return tf.ensure_shape(ids, [None])
+
+  def _decode_tf(self, ids):
+    def decode(ids_2d):
+      return np.array([self._decode(row).encode("utf-8") for row in ids_2d], object)
+    ids = tf.convert_to_tensor(ids)
+    texts = tf.numpy_function(decode, [tf.reshape(ids, [-1, tf.shape(ids)[-1]])], tf.string,
+                              stateful=False)
+    return tf.reshape(texts, tf.shape(ids)[:-1])
+
+  def __eq__(self, other):
+    return (isinstance(other, TokenizerVocabulary) and other.directory == self.directory and
+            other.add_special_tokens == self.add_special_tokens)
+
+  def __hash__(self):
+    return hash((self.directory, self.add_special_tokens))
+
+
+@gin.configurable
+def model_vocabulary(model_dir: str = gin.REQUIRED, add_special_tokens: bool = False
+                     ) -> seqio.Vocabulary:
+  """The vocabulary of a model directory's own tokenizer (MODEL_DIR/tokenizer/), so a SeqIO task
+  is tokenized as that model (a run, an `lm-convert import-hf/import-gguf` import) expects.
+
+  chars.json -> CharVocabulary, spm.model -> seqio.SentencePieceVocabulary, tokenizer.json ->
+  TokenizerVocabulary (add_special_tokens applies to it only: char and SentencePiece tokenizers
+  add nothing). Bind it in gin: `register_files_task.vocabulary = @model_vocabulary()` with
+  `model_vocabulary.model_dir = '/path/to/smollm2'`.
+  """
+  return _model_vocabulary(os.path.abspath(os.path.expanduser(model_dir)), add_special_tokens)
+
+
+@functools.cache  # gin may build a config twice; one tokenizer load per directory
+def _model_vocabulary(model_dir: str, add_special_tokens: bool) -> seqio.Vocabulary:
+  directory = tokenizers.tokenizer_dir(model_dir)
+  tok = tokenizers.load_tokenizer(model_dir)
+  if tok is None:
+    raise UserError(f"{model_dir} has no tokenizer ({directory}/ holds none of "
+                    f"{tokenizers.CHARS_FILE}, {tokenizers.SPM_FILE}, {tokenizers.HF_FILE})")
+  if isinstance(tok, tokenizers.CharTokenizer):
+    return CharVocabulary(tok.chars)
+  if isinstance(tok, tokenizers.SentencePieceTokenizer):
+    return seqio.SentencePieceVocabulary(os.path.join(directory, tokenizers.SPM_FILE))
+  return TokenizerVocabulary(model_dir, add_special_tokens)
