@@ -4,7 +4,7 @@ import functools
 import itertools
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import gin
@@ -14,6 +14,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from lm.errors import UserError
+from lm.finetuning import lora as lora_lib
 from lm.models.config import ModelConfig, flops_per_token
 from lm.models.transformer import Transformer
 from lm.sharding import (DEFAULT_RULES, batch_sharding, check_divisible, check_model_divisible,
@@ -24,6 +25,8 @@ from lm.training.optimizers import OptimizerConfig, make_optimizer, make_schedul
 from lm.training.run_dir import check_resume, run_settings, write_run_files
 from lm.training.state import abstract_state, create_state, state_shardings, with_shardings
 from lm.training.step import LossConfig, eval_step, train_step
+from lm.training.supervisor import Supervisor
+from lm.training.validate import check_train_config
 
 
 @dataclasses.dataclass
@@ -42,7 +45,10 @@ def train(model_dir: str, *, model_cfg: ModelConfig = gin.REQUIRED, input_cfg=gi
           keep_checkpoints: int = 3, mesh_shape=(-1, 1, 1), seed: int = 0,
           grad_accum_steps: int = 1, peak_flops: float | None = None,
           wandb_project: str | None = None, progress: bool = True,
-          init_from: str | None = None) -> TrainResult:
+          init_from: str | None = None, objective: Callable | None = None,
+          lora=None, nonfinite: str = "stop", max_consecutive_skips: int = 10,
+          eval_tasks: Sequence[str] = (), eval_data_dir: str | None = None,
+          eval_limit: int | None = None) -> TrainResult:
   """Trains (or resumes) the run in `model_dir` for `steps` optimizer steps.
 
   init_from: another model dir (e.g. from `lm-convert import-hf`) whose latest params start a
@@ -52,17 +58,38 @@ def train(model_dir: str, *, model_cfg: ModelConfig = gin.REQUIRED, input_cfg=gi
   rows with a `.state` (batches read) and a `.vocab_size` (None: unknown); input_cfg is a
   dataclass with .batch_size and .seq_len. Evals read the first `eval_steps` validation
   batches (fewer if the split ends sooner) once, at start-up; eval_steps=0 turns evals off.
+  A train iterator with a `start_run(model_dir)` method is called once the run directory is
+  made (e.g. to keep files beside the run).
+
+  objective: replaces the token cross-entropy of the train and eval steps (see
+  lm.training.step.train_step); each of its metrics is logged as train/NAME and eval/NAME.
+
+  lora: an lm.finetuning.lora.LoraConfig: trains low-rank adapters of init_from's frozen
+  params instead (lm/finetuning/lora.py); checkpoints hold the adapters, the result the merge.
+
+  nonfinite: 'stop' (a non-finite loss or gradient ends the run with an error, no checkpoint
+  written after it) or 'skip' (the step's update is skipped; `max_consecutive_skips` in a row
+  end the run). SIGTERM/SIGINT save a checkpoint after the current step and raise Preempted;
+  a second run on the same model_dir is refused (lm/training/supervisor.py).
+  eval_tasks: lm-eval tasks (e.g. 'arc_easy', 'ppl:FILE') run at every eval, logged as
+  eval/<task>/<metric>; eval_data_dir and eval_limit as lm-eval's --data_dir and --limit.
 
   Every check runs before anything is written: a failed start leaves model_dir as it was.
   """
   model_dir = os.path.abspath(model_dir)  # relative to the working directory, as typed
   batch_size, seq_len = input_cfg.batch_size, input_cfg.seq_len
   task = getattr(input_cfg, "task", None)
+  if model_cfg is None:  # gin_configs/runs/finetune.gin without INIT_FROM
+    raise UserError("no model: set INIT_FROM, the directory to fine-tune from")
+  warnings = check_train_config(
+      steps=steps, input_cfg=input_cfg, optimizer_cfg=optimizer_cfg, loss_cfg=loss_cfg,
+      log_every=log_every, eval_every=eval_every, eval_steps=eval_steps,
+      checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
+      grad_accum_steps=grad_accum_steps, seed=seed, nonfinite=nonfinite,
+      max_consecutive_skips=max_consecutive_skips, eval_limit=eval_limit)
   mesh = make_mesh(mesh_shape)
   check_divisible(mesh, batch_size, model_cfg.num_heads, model_cfg.kv_heads)
   check_model_divisible(mesh, model_cfg)
-  if batch_size % grad_accum_steps:
-    raise UserError(f"BATCH_SIZE={batch_size} is not divisible by grad_accum_steps")
   if model_cfg.positions == "learned" and seq_len > model_cfg.max_len:
     raise UserError(f"SEQ_LEN={seq_len} exceeds the model's max_len={model_cfg.max_len}")
   train_batches = batches_fn(input_cfg, "train")  # fails early on unknown tasks or bad data
@@ -75,77 +102,100 @@ def train(model_dir: str, *, model_cfg: ModelConfig = gin.REQUIRED, input_cfg=gi
   run_id = check_resume(model_dir, model_cfg, settings)
 
   model = Transformer(model_cfg)
+  trained = model if lora is None else lora_lib.Adapters(model_cfg, lora)  # what tx updates
   tx = make_optimizer(optimizer_cfg, steps)
   schedule = make_schedule(optimizer_cfg, steps)
   rules = DEFAULT_RULES
-  with use_mesh(mesh), nn.logical_axis_rules(rules):
-    shardings = state_shardings(model, tx, mesh, seq_len, rules)
+  with use_mesh(mesh), nn.logical_axis_rules(rules), \
+       Supervisor(nonfinite, max_consecutive_skips) as sup:
+    shardings = state_shardings(trained, tx, mesh, seq_len, rules)
+    base = None if lora is None else lora_lib.FrozenBase(model_dir, model, lora, init_from,
+                                                         mesh, seq_len, rules)
+    frozen, frozen_shardings = ((), ()) if base is None else ((base.params,), (base.shardings,))
     ckpt_dir = os.path.join(model_dir, "checkpoints")
     start = checkpoints.latest_step(ckpt_dir)
     if start is None:
-      state = create_state(model, tx, shardings, seq_len, seed)
-      if init_from:
+      state = create_state(trained, tx, shardings, seq_len, seed)
+      if init_from and base is None:
         state = state.replace(params=_params_from(init_from, state.params, shardings.params))
     # Creates the checkpoint directory: only now that the start is known good.
+    sup.lock(model_dir)  # one run per model_dir
     ckpt = checkpoints.Checkpointer(ckpt_dir, checkpoint_every, keep_checkpoints)
     if start is None:
       start = 0
-    else:
-      abstract = abstract_state(model, tx, shardings, seq_len)
-      try:
-        state, data_state = ckpt.restore(start, abstract)
-      except (ValueError, KeyError) as e:
-        raise UserError(f"cannot restore {model_dir} step {start} into this model: {e}")
+    else:  # the newest step that restores (unreadable newer ones are moved aside)
+      start, state, data_state = ckpt.restore_newest(
+          abstract_state(trained, tx, shardings, seq_len),
+          os.path.join(model_dir, "corrupt_checkpoints"))
       train_batches.restore(data_state["batches"])
     run_id = write_run_files(model_dir, model_cfg, task, settings, steps, run_id)
+    if hasattr(train_batches, "start_run"):
+      train_batches.start_run(model_dir)
     writer = MetricsWriter(model_dir, wandb_project, gin.operative_config_str(), run_id=run_id,
                            resume_step=start)
+    if base is not None:
+      base.write_json(model_dir, state)
+    bind = (lambda fn: fn) if base is None else base.bind  # LoRA: the step also takes `frozen`
 
     step_fn = jax.jit(
-        functools.partial(train_step, model=model, tx=tx, loss_cfg=loss_cfg,
-                          grad_accum_steps=grad_accum_steps),
-        in_shardings=(shardings, batch_sharding(mesh)),
+        functools.partial(bind(train_step), model=model, tx=tx, loss_cfg=loss_cfg,
+                          grad_accum_steps=grad_accum_steps, objective=objective,
+                          skip_nonfinite=nonfinite == "skip"),
+        in_shardings=(shardings, batch_sharding(mesh), *frozen_shardings),
         out_shardings=(shardings, NamedSharding(mesh, P())), donate_argnums=0)
-    eval_fn = jax.jit(functools.partial(eval_step, model=model),
-                      in_shardings=(shardings.params, batch_sharding(mesh)))
+    eval_fn = jax.jit(functools.partial(bind(eval_step), model=model, objective=objective),
+                      in_shardings=(shardings.params, batch_sharding(mesh), *frozen_shardings))
 
     def evaluate():
-      totals = jnp.zeros(2)
+      totals = None
       for batch in eval_batches:
-        totals += jnp.stack(eval_fn(state.params, global_batch(mesh, batch)))
-      if not totals[1]:  # all padding: no loss to report
+        out = eval_fn(state.params, global_batch(mesh, batch), *frozen)
+        totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+      loss_sum, weight_sum, sums = jax.device_get(totals)
+      if not weight_sum:  # all padding: no loss to report
         return None
-      loss = float(totals[0] / totals[1])
-      return {"eval/loss": loss, "eval/perplexity": float(jnp.exp(loss))}
+      loss = float(loss_sum / weight_sum)
+      results = {"eval/loss": loss,
+                 **{f"eval/{k}": float(v / weight_sum) for k, v in sums.items()}}
+      if objective is None:
+        results["eval/perplexity"] = float(jnp.exp(loss))
+      return results
 
     tokens_per_step = batch_size * seq_len
     flops = flops_per_token(model_cfg, seq_len) * tokens_per_step
     peak = peak_flops_per_device(peak_flops)
+    sup.start(warnings)  # prints warnings, watches SIGTERM/SIGINT from now on
     bar = tqdm(total=steps, initial=start, disable=not progress or jax.process_index() != 0,
                dynamic_ncols=True, mininterval=1.0)
     sums, window_start, window_steps, eval_loss = None, time.perf_counter(), 0, None
     for step in range(start + 1, steps + 1):
-      state, metrics = step_fn(state, global_batch(mesh, next(train_batches)))
+      state, metrics = step_fn(state, global_batch(mesh, next(train_batches)), *frozen)
+      sup.after_step(step, metrics)
       sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
       window_steps += 1
       if step % log_every == 0 or step == steps:
         sums = jax.device_get(sums)
+        sup.check(ckpt)
         elapsed = time.perf_counter() - window_start
-        scalars = {"train/loss": sums["loss"] / window_steps,
-                   "train/nll": sums["nll"] / window_steps,
-                   "train/grad_norm": sums["grad_norm"] / window_steps,
-                   "train/lr": float(schedule(step - 1)),
-                   "train/tokens_per_sec": window_steps * tokens_per_step / elapsed,
-                   "train/step_time_ms": 1000 * elapsed / window_steps}
-        if loss_cfg.z_loss:
-          scalars["train/z_loss"] = sums["z_loss"] / window_steps
+        skipped = int(sums.pop("nonfinite"))  # skipped steps' metrics are zeros: not averaged
+        scalars = {f"train/{k}": v / (window_steps - skipped) for k, v in sums.items()
+                   if window_steps > skipped and k != "tokens"
+                   and (k != "z_loss" or loss_cfg.z_loss)}
+        if nonfinite == "skip":
+          scalars["train/skipped_steps"] = skipped
+        scalars.update({"train/lr": float(schedule(step - 1)),
+                        "train/tokens_per_sec": window_steps * tokens_per_step / elapsed,
+                        "train/step_time_ms": 1000 * elapsed / window_steps})
         if peak:
           scalars["train/mfu"] = window_steps * flops / elapsed / (peak * jax.device_count())
         writer.write(step, scalars)
-        bar.set_postfix(loss=f"{scalars['train/loss']:.4f}",
+        bar.set_postfix(loss=f"{scalars.get('train/loss', float('nan')):.4f}",
                         tok_s=f"{scalars['train/tokens_per_sec']:.0f}", refresh=False)
         sums, window_steps = None, 0
-      if eval_batches and ((eval_every and step % eval_every == 0) or step == steps):
+      is_eval_step = (eval_every and step % eval_every == 0) or step == steps
+      if (eval_batches or eval_tasks) and is_eval_step:
+        sup.check(ckpt)
+      if eval_batches and is_eval_step:
         results = evaluate()
         if results is None:
           bar.write(f"step {step}: no eval (the validation batches hold no tokens)")
@@ -153,8 +203,17 @@ def train(model_dir: str, *, model_cfg: ModelConfig = gin.REQUIRED, input_cfg=gi
           eval_loss = results["eval/loss"]
           writer.write(step, results)
           bar.write(f"step {step}: eval loss {eval_loss:.4f}")
-      if step % checkpoint_every == 0 or step == steps:
+      if eval_tasks and is_eval_step:
+        from lm.evaluation.training import task_scalars  # lazy: only runs that use it
+        params = state.params if base is None else base.merged(state.params)
+        writer.write(step, task_scalars(model_dir, model_cfg, params, mesh, eval_tasks,
+                                        data_dir=eval_data_dir, limit=eval_limit))
+      preempted = sup.preempted(step)  # every process asks every step; all get one answer
+      if step % checkpoint_every == 0 or step == steps or preempted:
+        sup.check(ckpt)
         ckpt.save(step, state, {"batches": train_batches.state}, force=True)
+      if preempted and step < steps:
+        raise sup.stopped(step, ckpt, writer)
       if window_steps == 0:
         window_start = time.perf_counter()  # evals and logging stay out of tokens/s
       bar.update(1)
@@ -162,6 +221,8 @@ def train(model_dir: str, *, model_cfg: ModelConfig = gin.REQUIRED, input_cfg=gi
     ckpt.wait()
     ckpt.close()
     writer.close()
+    if base is not None:
+      state = state.replace(params=base.merged(state.params))
   return TrainResult(state=state, model=model, mesh=mesh, last_eval_loss=eval_loss)
 
 
@@ -179,7 +240,6 @@ def _params_from(model_dir: str, params, shardings):
   abstract = with_shardings(params, shardings)
   model_dir = os.path.abspath(model_dir)
   try:
-    return checkpoints.restore_params(os.path.join(model_dir, "checkpoints"),
-                                      abstract_params=abstract)
+    return lora_lib.restore_params(model_dir, abstract_params=abstract)  # LoRA runs: merged
   except (FileNotFoundError, ValueError, KeyError) as e:
     raise UserError(f"cannot initialize from {model_dir}: {e}") from None
