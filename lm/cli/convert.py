@@ -5,6 +5,7 @@
   lm-convert export-hf --model_dir M --hf_dir OUT [--step N] [--overwrite]
   lm-convert import-gguf --gguf FILE --model_dir OUT [--scan_layers] [--dtype D] [--overwrite]
       [--vocab_pad_multiple N]
+  lm-convert merge-lora --model_dir LORA_RUN --out_dir OUT [--step N] [--overwrite]
 
 Fine-tune an imported model with lm-train ... --gin.train.init_from="'OUT'".
 """
@@ -42,6 +43,11 @@ def _main(argv):
   gg = commands.add_parser("import-gguf", help="GGUF file (Llama family) -> lm model dir")
   gg.add_argument("--gguf", required=True, help="a llama.cpp .gguf file")
   _import_options(gg)
+  mrg = commands.add_parser("merge-lora", help="LoRA run -> lm model dir of merged weights")
+  mrg.add_argument("--model_dir", required=True, help="a LoRA run (lm-train with lora.gin)")
+  mrg.add_argument("--out_dir", required=True)
+  mrg.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
+  mrg.add_argument("--overwrite", action="store_true", help="replace a non-empty --out_dir")
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
 
   from lm.convert import hf_dirs  # after parsing: --help stays fast
@@ -60,6 +66,10 @@ def _main(argv):
                                   vocab_pad_multiple=args.vocab_pad_multiple)
     print(f"imported {args.gguf} -> {args.model_dir} ({cfg.num_layers} layers, "
           f"d_model {cfg.d_model}, vocab {cfg.vocab_size})")
+  elif args.command == "merge-lora":
+    from lm.finetuning.merge import merge_lora
+    merge_lora(args.model_dir, args.out_dir, args.step, args.overwrite)
+    print(f"merged {args.model_dir} -> {args.out_dir}")
   else:
     hf_dirs.export_hf(args.model_dir, args.hf_dir, args.step, args.overwrite)
     print(f"exported {args.model_dir} -> {args.hf_dir}")
