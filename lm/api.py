@@ -24,12 +24,12 @@ from lm import decoding
 from lm.decoding import beam, stream
 from lm.decoding import score as scoring
 from lm.errors import UserError
+from lm.finetuning import lora
 from lm.models.config import ModelConfig
 from lm.models.transformer import Transformer
 from lm.tokenizers import load_tokenizer
 from lm.sharding import (BATCH_AXES, DEFAULT_RULES, check_divisible, data_parallel_size,
                          make_mesh, use_mesh)
-from lm.training import checkpoints
 from lm.training.state import param_shardings, with_shardings
 
 
@@ -307,8 +307,8 @@ def load(model_dir: str, step: int | None = None, mesh_shape=None) -> LoadedMode
   check_divisible(mesh, data_parallel_size(mesh), config.num_heads, config.kv_heads)
   abstract, shardings = param_shardings(Transformer(config), mesh, seq_len=1)
   try:
-    params = checkpoints.restore_params(os.path.join(model_dir, "checkpoints"), step,
-                                        with_shardings(abstract, shardings))
+    params = lora.restore_params(model_dir, step,  # a LoRA run: base + adapters
+                                 with_shardings(abstract, shardings))
   except FileNotFoundError as e:
     raise UserError(str(e)) from None
   tokenizer = load_tokenizer(model_dir)
