@@ -43,9 +43,11 @@ class LoadedModel:
   tokenizer: object | None = None
   mesh: jax.sharding.Mesh | None = None
   eos_ids: tuple[int, ...] | None = None  # None: the tokenizer's EOS
+  module: object | None = None  # None: Transformer(config); lm-quantize dirs bring their own
 
   def __post_init__(self):
-    self.module = Transformer(self.config)
+    if self.module is None:
+      self.module = Transformer(self.config)
     if self.mesh is None:
       self.mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
     if self.eos_ids is None:
@@ -305,15 +307,21 @@ def load(model_dir: str, step: int | None = None, mesh_shape=None) -> LoadedMode
   config = ModelConfig(**saved["model"])
   mesh = _resolve_mesh(mesh_shape)
   check_divisible(mesh, data_parallel_size(mesh), config.num_heads, config.kv_heads)
-  abstract, shardings = param_shardings(Transformer(config), mesh, seq_len=1)
+  module = None
+  if saved.get("quantization"):  # lm-quantize: the weights stay quantized (lm.compression)
+    from lm.compression import quantize
+    module = quantize.QuantizedTransformer(config)
+    abstract = quantize.abstract_quantized(config, quantize.check_meta(saved["quantization"]),
+                                           mesh)
+  else:
+    abstract = with_shardings(*param_shardings(Transformer(config), mesh, seq_len=1))
   try:
-    params = lora.restore_params(model_dir, step,  # a LoRA run: base + adapters
-                                 with_shardings(abstract, shardings))
+    params = lora.restore_params(model_dir, step, abstract)  # a LoRA run: base + adapters
   except FileNotFoundError as e:
     raise UserError(str(e)) from None
   tokenizer = load_tokenizer(model_dir)
   return LoadedModel(config=config, params=params, task=saved.get("task"), tokenizer=tokenizer,
-                     mesh=mesh, eos_ids=_eos_ids(model_dir, tokenizer))
+                     mesh=mesh, eos_ids=_eos_ids(model_dir, tokenizer), module=module)
 
 
 def _eos_ids(model_dir: str, tokenizer) -> tuple[int, ...]:

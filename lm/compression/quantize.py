@@ -1,0 +1,182 @@
+"""Post-training weight quantization: symmetric int8 per output channel, int4 in groups.
+
+Every matrix (lm.compression.kernels: dense kernels and embedding tables, minus `skip`) is
+viewed as W [(layers,) I, O] and stored as {"q": ..., "scale": ...}:
+  int8: q int8 [(L,) I, O], scale float32 [(L,) 1, O] = max_i |W[i, o]| / 127;
+  int4: q uint8 [(L,) I/2, O], two values per byte (row 2j in the low nibble, 2j+1 in the high,
+        each stored as q + 8), scale float32 [(L,) I/G, O] = max |W| / 7 over each group of G
+        consecutive input rows (G: the largest divisor of I not above group_size).
+W ~= q * scale; rounding to nearest keeps |W - q * scale| <= scale / 2. Norm scales, biases
+and the relative-position table stay in float.
+
+A quantized directory's model.json carries {"quantization": {...}}; `lm.load` then keeps the
+quantized tree (sharded like the original: a matrix's input and output dimensions keep their
+mesh axes where the sizes divide) and runs `QuantizedTransformer`, whose `apply` dequantizes
+inside the jitted forward: no float copy of the weights outlives a call.
+"""
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from lm.compression.kernels import Kernel, find_kernels, get_path, set_path
+from lm.errors import UserError
+from lm.models.config import ModelConfig
+from lm.models.transformer import Transformer
+
+SCHEMES = {"int8": 8, "int4": 4}
+_QMAX = {8: 127, 4: 7}
+
+
+def group_for(in_size: int, bits: int, group_size: int) -> int:
+  """Rows per scale: all of I for int8; for int4 the largest divisor of I <= group_size."""
+  if bits == 8:
+    return in_size
+  return max(d for d in range(1, min(group_size, in_size) + 1) if in_size % d == 0)
+
+
+def pack_int4(q):
+  """int8 values in [-8, 7], [..., I, O] with I even -> uint8 [..., I/2, O]."""
+  u = (q.astype(jnp.int32) + 8).astype(jnp.uint8)
+  return u[..., 0::2, :] | (u[..., 1::2, :] << 4)
+
+
+def unpack_int4(packed):
+  """Inverse of pack_int4: uint8 [..., I/2, O] -> int8 [..., I, O]."""
+  lo = (packed & 15).astype(jnp.int8) - 8
+  hi = (packed >> 4).astype(jnp.int8) - 8
+  both = jnp.stack([lo, hi], axis=-2)  # [..., I/2, 2, O]
+  return both.reshape(packed.shape[:-2] + (2 * packed.shape[-2], packed.shape[-1]))
+
+
+def quantize_2d(w_IO, bits: int, group: int) -> dict:
+  """W [..., I, O] -> {"q", "scale"} (see the module docstring)."""
+  *lead, i, o = w_IO.shape
+  w = w_IO.astype(jnp.float32).reshape(tuple(lead) + (i // group, group, o))
+  qmax = _QMAX[bits]
+  scale = jnp.max(jnp.abs(w), axis=-2) / qmax  # [..., I/G, O]
+  safe = jnp.where(scale == 0, 1.0, scale)[..., None, :]
+  q = jnp.clip(jnp.round(w / safe), -qmax, qmax).astype(jnp.int8).reshape(w_IO.shape)
+  return {"q": pack_int4(q) if bits == 4 else q, "scale": scale}
+
+
+def dequantize_2d(leaf: dict, dtype=jnp.float32):
+  """{"q", "scale"} -> W [..., I, O] in `dtype`."""
+  q, scale = leaf["q"], leaf["scale"]
+  if q.dtype == jnp.uint8:
+    q = unpack_int4(q)
+  *lead, i, o = q.shape
+  groups = scale.shape[-2]
+  w = q.reshape(tuple(lead) + (groups, i // groups, o)).astype(jnp.float32)
+  return (w * scale[..., None, :].astype(jnp.float32)).reshape(q.shape).astype(dtype)
+
+
+def is_quantized(leaf) -> bool:
+  return isinstance(leaf, dict) and set(leaf) == {"q", "scale"}
+
+
+def selected_kernels(cfg: ModelConfig, bits: int, skip=()) -> list[Kernel]:
+  """The matrices a scheme quantizes: all but those with a path component in `skip` (and, for
+  int4, those with an odd input size, which cannot be packed)."""
+  skip = set(skip)
+  return [k for k in find_kernels(cfg) if not skip & set(k.path)
+          and (bits == 8 or k.in_size % 2 == 0)]
+
+
+def quantize_params(params, cfg: ModelConfig, scheme: str, group_size: int = 128, skip=()):
+  """A copy of `params` whose selected matrices are {"q", "scale"} dicts."""
+  bits = SCHEMES[scheme]
+  for k in selected_kernels(cfg, bits, skip):
+    w_IO = k.as_2d(get_path(params, k.path))
+    leaf = quantize_2d(w_IO, bits, group_for(k.in_size, bits, group_size))
+    params = set_path(params, k.path, leaf)
+  return params
+
+
+def dequantize_params(qparams, cfg: ModelConfig):
+  """The float params (cfg.weight_dtype) a quantized tree stands for."""
+  for k in find_kernels(cfg):
+    leaf = get_path(qparams, k.path)
+    if is_quantized(leaf):
+      qparams = set_path(qparams, k.path, k.from_2d(dequantize_2d(leaf, cfg.weight_dtype)))
+  return qparams
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizedTransformer:
+  """Transformer(cfg) over quantized params: `apply` takes {"params": quantized tree} and
+  dequantizes inside the caller's jit. Hashable, with `.cfg`, as lm.decoding expects."""
+  cfg: ModelConfig
+
+  def apply(self, variables, *args, **kwargs):
+    params = dequantize_params(variables["params"], self.cfg)
+    return Transformer(self.cfg).apply({**variables, "params": params}, *args, **kwargs)
+
+
+def param_bytes(params) -> int:
+  """Bytes of every array in a param tree (quantized or not)."""
+  return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
+
+
+def _fit(spec: tuple, shape: tuple, mesh) -> P:
+  """A PartitionSpec whose entries are dropped where the mesh axes do not divide the size."""
+  def size(entry):
+    names = entry if isinstance(entry, tuple) else (entry,)
+    return math.prod(mesh.shape[n] for n in names)
+  return P(*(e if e is None or n % size(e) == 0 else None for e, n in zip(spec, shape)))
+
+
+def abstract_quantized(cfg: ModelConfig, meta: dict, mesh):
+  """The quantized tree's ShapeDtypeStructs, each carrying its sharding on `mesh` (what a
+  restore needs). meta: model.json's "quantization" entry."""
+  from lm.training.state import param_shardings  # training imports stay out of the math
+  abstract, shardings = param_shardings(Transformer(cfg), mesh, seq_len=1)
+  qabstract = jax.eval_shape(functools.partial(
+      quantize_params, cfg=cfg, scheme=meta["scheme"], group_size=meta["group_size"],
+      skip=tuple(meta["skip"])), abstract)
+  out = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                     abstract, shardings)
+  for k in find_kernels(cfg):
+    leaf = get_path(qabstract, k.path)
+    if not is_quantized(leaf):
+      continue
+    spec = k.spec_2d(get_path(shardings, k.path).spec)
+    specs = {"q": spec, "scale": spec[:-2] + (None, spec[-1])}
+    out = set_path(out, k.path, {
+        name: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(
+            mesh, _fit(specs[name], x.shape, mesh))) for name, x in leaf.items()})
+  return out
+
+
+def check_meta(meta: dict) -> dict:
+  """model.json's "quantization" entry, validated."""
+  if meta.get("scheme") not in SCHEMES:
+    raise UserError(f"unknown quantization scheme {meta.get('scheme')!r} in model.json")
+  return meta
+
+
+def quantize_dir(model_dir: str, out_dir: str, scheme: str, group_size: int = 128, skip=(),
+                 step: int | None = None, overwrite: bool = False) -> dict:
+  """lm-quantize: writes out_dir, the quantized copy of model_dir's (latest or `step`)
+  weights; returns {"float_bytes", "quantized_bytes", "quantized": [matrix names]}."""
+  from lm.compression.dirs import load_float, write_dir
+  if scheme not in SCHEMES:
+    raise UserError(f"unknown --scheme {scheme!r} (int8 | int4)")
+  if group_size < 1:
+    raise UserError(f"--group_size must be >= 1, got {group_size}")
+  model = load_float(model_dir, step)
+  cfg, skip = model.config, tuple(s for s in skip if s)
+  names = {p for k in find_kernels(cfg) for p in k.path}
+  unknown = [s for s in skip if s not in names]
+  if unknown:
+    raise UserError(f"--skip {','.join(unknown)}: no matrix path has such a component "
+                    f"(e.g. embed, unembed, pos_embed, attn, mlp, layer_0)")
+  qparams = jax.jit(functools.partial(quantize_params, cfg=cfg, scheme=scheme,
+                                      group_size=group_size, skip=skip))(model.params)
+  meta = {"scheme": scheme, "group_size": group_size, "skip": list(skip)}
+  write_dir(out_dir, model_dir, model, qparams, ("quantization", meta), overwrite)
+  return {"float_bytes": param_bytes(model.params), "quantized_bytes": param_bytes(qparams),
+          "quantized": [k.name for k in selected_kernels(cfg, SCHEMES[scheme], skip)]}
