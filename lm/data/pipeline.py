@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from lm.data import tasks  # noqa: F401  (registers the built-in tasks)
 from lm.data.inputs import InputConfig
+from lm.data.instruct import feature_converter
 from lm.data.resume import gather_processes, restore_iterator, save_iterator
 from lm.data.sources import RandomWindowsSource
 from lm.errors import UserError
@@ -79,12 +80,13 @@ class SeqioBatches:
     if start_batch and self._addressable:  # the same task, its windows starting later
       task = seqio.Task(task.name, task.source.starting_at(start_batch * self._rows),
                         task.output_features, task.preprocessors, shuffle_buffer_size=None)
-    length = {"targets": cfg.seq_len + 1 if cfg.continuous else cfg.seq_len}
+    converter, length = feature_converter(task, cfg.seq_len + 1 if cfg.continuous else cfg.seq_len,
+                                          pack=cfg.pack and not cfg.continuous)
     buffer = {"shuffle_buffer_size": cfg.shuffle_buffer_size} if isinstance(task, seqio.Task) else {}
     ds = task.get_dataset(length, split=self.split, shuffle=self.shuffle, seed=self.seed,
                           shard_info=seqio.ShardInfo(index=shard, num_shards=self._num_shards),
                           num_epochs=self.num_epochs, **buffer)
-    ds = seqio.DecoderFeatureConverter(pack=cfg.pack and not cfg.continuous)(ds, length)
+    ds = converter(ds, length)  # instruction tasks bring their own loss weights
     ds = ds.batch(self._rows, drop_remainder=self.num_epochs is None)
     return ds.prefetch(2)
 

@@ -1,0 +1,230 @@
+"""Instruction tuning: SeqIO tasks of chats whose loss covers only the assistant's tokens.
+
+`register_instruct_task` reads JSONL records ({"prompt", "response"} or {"messages": [...]}),
+renders each with a chat template (lm.data.chat_templates) and tokenizes it once, at
+registration: bad records and template errors fail before training, naming file and line. Every
+example carries "targets" (token ids) and "loss_weights" (1 on assistant content and the EOS
+closing each assistant turn, 0 elsewhere).
+
+An example longer than SEQ_LEN is dropped (overlong="drop", the default) or cut to its first
+SEQ_LEN tokens (overlong="truncate"; dropped if no trained token is left); either way the count
+is logged once per task and length (`overlong_counts`). Examples are never split, so packing
+(`LossMaskFeatureConverter`) keeps each one whole in one row, apart from its neighbours
+(segment ids, positions restarting at 0), with its own weights.
+"""
+import functools
+import json
+import logging
+from typing import Mapping
+
+import gin
+import numpy as np
+import seqio
+import tensorflow as tf
+from seqio import utils as seqio_utils
+
+from lm.data import chat_templates
+from lm.data.sources import check_files, _open
+from lm.data.vocabularies import TokenizerVocabulary
+from lm.errors import UserError
+
+LOSS_WEIGHTS = "loss_weights"
+OVERLONG = ("drop", "truncate")
+_WEIGHTS_FEATURE = seqio.Feature(seqio.PassThroughVocabulary(2), add_eos=False, dtype=tf.int32)
+_logged = set()
+log = logging.getLogger(__name__)
+
+
+def _encode_text(vocabulary: seqio.Vocabulary):
+  """Text -> ids with nothing added around it (a rendered template holds its own BOS)."""
+  if isinstance(vocabulary, TokenizerVocabulary):
+    return functools.partial(vocabulary.tokenizer.encode, add_special_tokens=False)
+  return vocabulary.encode
+
+
+def tokenize_conversation(messages, vocabulary: seqio.Vocabulary, template: str = "plain"
+                          ) -> tuple[list[int], list[int]]:
+  """(ids, loss weights) of one conversation rendered with `template` in `vocabulary`."""
+  tokenizer = getattr(vocabulary, "tokenizer", None)
+  segments = chat_templates.render(messages, template, vocabulary.eos_id, tokenizer)
+  return chat_templates.encode(segments, _encode_text(vocabulary))
+
+
+def _check_template(vocabulary, template: str):
+  """A template whose markers are special tokens needs a vocabulary that has them."""
+  if template == "llama3":
+    encode = _encode_text(vocabulary)
+    for marker in (chat_templates.LLAMA3_BOS, chat_templates.LLAMA3_EOT):
+      if len(encode(marker)) != 1:
+        raise UserError(f"chat template 'llama3': the vocabulary has no single token for "
+                        f"{marker} (use a Llama 3 tokenizer, or template 'plain')")
+
+
+class TokenizedSource(seqio.DataSource):
+  """Examples tokenized in memory: {"targets", "loss_weights"} per example, per split."""
+
+  def __init__(self, splits: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]]):
+    """splits: name -> (ids of all examples end to end, their weights, row offsets (n + 1))."""
+    self.examples = dict(splits)
+    super().__init__(splits=tuple(splits), num_input_examples={
+        s: len(offsets) - 1 for s, (_, _, offsets) in splits.items()}, caching_permitted=False)
+
+  @property
+  def supports_arbitrary_sharding(self) -> bool:
+    return True
+
+  def list_shards(self, split):
+    return [split]
+
+  def get_dataset(self, split="train", shuffle=True, seed=None, shard_info=None, **unused):
+    del shuffle, seed, unused  # the task shuffles examples through its buffer
+    ids, weights, offsets = (tf.constant(a) for a in self.examples[split])
+    ds = tf.data.Dataset.range(len(self.examples[split][2]) - 1)
+    if shard_info:
+      ds = ds.shard(shard_info.num_shards, shard_info.index)
+    return ds.map(lambda i: {"targets": ids[offsets[i]:offsets[i + 1]],
+                             LOSS_WEIGHTS: weights[offsets[i]:offsets[i + 1]]})
+
+
+def _fit_length(dataset, sequence_length, output_features, task_name, overlong, lengths):
+  """Drops (or truncates) examples longer than sequence_length["targets"]; logs the counts."""
+  del output_features
+  length = sequence_length["targets"]
+  if (task_name, length) not in _logged:
+    _logged.add((task_name, length))
+    for split, (over, total) in overlong_counts(lengths, length).items():
+      if over:
+        log.warning("task %s split %s: %d of %d examples are longer than %d tokens: %s",
+                    task_name, split, over, total, length,
+                    "dropped" if overlong == "drop" else "truncated")
+  if overlong == "drop":
+    return dataset.filter(lambda ex: tf.size(ex["targets"]) <= length)
+  dataset = dataset.map(lambda ex: {k: v[:length] for k, v in ex.items()})
+  return dataset.filter(lambda ex: tf.reduce_any(ex[LOSS_WEIGHTS] > 0))
+
+
+def overlong_counts(lengths: Mapping[str, np.ndarray], seq_len: int) -> dict:
+  """{split: (examples longer than seq_len, examples)}."""
+  return {split: (int(np.sum(n > seq_len)), len(n)) for split, n in lengths.items()}
+
+
+def _read_split(pattern: str, vocabulary, template: str):
+  ids, weights, offsets = [], [], [0]
+  for path in check_files(pattern, "text", "text"):
+    with _open(path) as f:
+      for line_no, raw in enumerate(f, 1):
+        line = raw.decode("utf-8")
+        if not line.strip():
+          continue
+        try:
+          messages = chat_templates.record_messages(json.loads(line))
+        except (json.JSONDecodeError, ValueError) as e:
+          raise UserError(f"{path}:{line_no}: {e}") from None
+        try:
+          example_ids, example_weights = tokenize_conversation(messages, vocabulary, template)
+        except UserError as e:
+          raise UserError(f"{path}:{line_no}: {e}") from None
+        ids += example_ids
+        weights += example_weights
+        offsets.append(len(ids))
+  if len(offsets) == 1:
+    raise UserError(f"no record in {pattern!r}")
+  return (np.array(ids, np.int32), np.array(weights, np.int32), np.array(offsets, np.int64))
+
+
+@gin.configurable
+def register_instruct_task(name: str, split_patterns: Mapping[str, str], vocabulary,
+                           template: str = "plain", overlong: str = "drop") -> str:
+  """An instruction task over JSONL files (see the module docstring); returns `name`, so gin
+  can bind `InputConfig.task = @register_instruct_task()`.
+
+  split_patterns: split name -> glob of JSONL files (".gz" read too). template: one of
+  lm.data.chat_templates.TEMPLATES. overlong: "drop" or "truncate" examples over SEQ_LEN.
+  """
+  if template not in chat_templates.TEMPLATES:
+    raise UserError(f"unknown chat template {template!r}; choose one of "
+                    f"{chat_templates.TEMPLATES}")
+  if overlong not in OVERLONG:
+    raise UserError(f"overlong must be one of {OVERLONG}, not {overlong!r}")
+  _check_template(vocabulary, template)
+  splits = {split: _read_split(pattern, vocabulary, template)
+            for split, pattern in split_patterns.items()}
+  lengths = {split: np.diff(offsets) for split, (_, _, offsets) in splits.items()}
+  if name in seqio.TaskRegistry.names():  # gin may build the same config twice
+    seqio.TaskRegistry.remove(name)
+  _logged.difference_update({k for k in _logged if k[0] == name})
+  seqio.TaskRegistry.add(
+      name, source=TokenizedSource(splits),
+      preprocessors=[functools.partial(_fit_length, task_name=name, overlong=overlong,
+                                       lengths=lengths)],
+      output_features={"targets": seqio.Feature(vocabulary, add_eos=False),
+                       LOSS_WEIGHTS: _WEIGHTS_FEATURE},
+      metric_fns=[])
+  return name
+
+
+class LossMaskFeatureConverter(seqio.FeatureConverter):
+  """seqio's LM feature converter with the task's own loss weights instead of "not padding".
+
+  Task features "targets" and "loss_weights" (equal lengths) -> decoder_target_tokens,
+  decoder_input_tokens (targets shifted right, restarting at each packed segment),
+  decoder_loss_weights (the task's weights; padding 0) and, when packing, decoder_segment_ids
+  and decoder_positions.
+
+  seqio's packing and padding take every 0 for padding (a token 0 inside an example is lost and
+  its neighbours shift), but in an HF vocabulary id 0 is a real token (GPT-2's "!", a BOS) and a
+  weight 0 is a prompt token. So both features are packed as value + 1 and shifted back after.
+  """
+
+  TASK_FEATURES = {"targets": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
+                   LOSS_WEIGHTS: seqio.FeatureConverter.FeatureSpec(dtype=tf.int32)}
+  MODEL_FEATURES = {
+      "decoder_target_tokens": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
+      "decoder_input_tokens": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
+      "decoder_loss_weights": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
+  }
+  PACKING_FEATURE_DTYPES = {"decoder_segment_ids": tf.int32, "decoder_positions": tf.int32}
+
+  def _convert_example(self, features):
+    real = features["targets"] > 0  # shifted: 0 only in padding
+    targets = tf.where(real, features["targets"] - 1, 0)
+    segment_ids = features.get("targets_segment_ids")
+    converted = {
+        "decoder_target_tokens": targets,
+        "decoder_input_tokens": seqio_utils.make_autoregressive_inputs(
+            targets, sequence_id=segment_ids, bos_id=self.bos_id),
+        "decoder_loss_weights": tf.where(real, features[LOSS_WEIGHTS] - 1, 0),
+    }
+    if self.pack:
+      converted["decoder_segment_ids"] = segment_ids
+      converted["decoder_positions"] = features["targets_positions"]
+    return converted
+
+  def _convert_features(self, ds, task_feature_lengths):
+    ds = ds.map(lambda ex: {k: ex[k] + 1 for k in self.TASK_FEATURES})
+    ds = self._pack_or_pad(ds, task_feature_lengths)
+    return ds.map(self._convert_example, num_parallel_calls=tf.data.AUTOTUNE)
+
+  def get_model_feature_lengths(self, task_feature_lengths):
+    length = task_feature_lengths["targets"]
+    lengths = {k: length for k in self.MODEL_FEATURES}
+    if self.pack:
+      lengths.update({k: length for k in self.PACKING_FEATURE_DTYPES})
+    return lengths
+
+
+def feature_converter(task, length: int, pack: bool):
+  """(convert(ds, lengths), task feature lengths) for `task` (a seqio Task or Mixture) read at
+  `length`: LossMaskFeatureConverter for tasks with loss weights, and for tasks in a model's
+  HF vocabulary (id 0 is a real token there; every token gets weight 1); else seqio's
+  DecoderFeatureConverter."""
+  lengths = {"targets": length, LOSS_WEIGHTS: length}
+  if LOSS_WEIGHTS in task.output_features:
+    return LossMaskFeatureConverter(pack=pack), lengths
+  if isinstance(task.output_features["targets"].vocabulary, TokenizerVocabulary):
+    def convert(ds, lengths):
+      ds = ds.map(lambda ex: {"targets": ex["targets"],
+                              LOSS_WEIGHTS: tf.ones_like(ex["targets"])})
+      return LossMaskFeatureConverter(pack=pack)(ds, lengths)
+    return convert, lengths
+  return seqio.DecoderFeatureConverter(pack=pack), {"targets": length}
