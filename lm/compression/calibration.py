@@ -1,0 +1,90 @@
+"""Calibration text for Wanda: token windows, and the squared input norms of every dense kernel.
+
+Sources use lm-eval's perplexity-task syntax:
+  ppl:<file or glob>       text files (one document each) or .jsonl/.jsonl.gz ("text" field),
+                           tokenized with the model directory's tokenizer (no TensorFlow);
+  seqio:<task>[:<split>]   a registered SeqIO task's split (default "train"), in the task's own
+                           vocabulary (imports lm.data, hence TensorFlow, only here).
+Documents are joined (each after the prefix token) into one stream, from which `rows` windows
+of `length` tokens are taken at evenly spaced offsets: no padding, every token counts.
+"""
+import dataclasses
+import functools
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lm.errors import UserError
+from lm.models.layers import DenseGeneral
+from lm.models.transformer import Transformer
+
+
+def calibration_tokens(model, source: str, rows: int, length: int) -> np.ndarray:
+  """int32 [rows, length] windows of the source's tokens (see the module docstring)."""
+  kind, _, arg = source.partition(":")
+  if kind == "ppl":
+    from lm.evaluation.perplexity import read_documents
+    docs_ids = [model._encode(t) for t in read_documents(arg)]
+  elif kind == "seqio":
+    from lm.data import documents  # TensorFlow only on this path
+    name, _, split = arg.partition(":")
+    docs_ids = documents.documents(name, split or "train")[1]
+  else:
+    raise UserError(f"--calibration_task {source!r}: expected ppl:<file or glob> or "
+                    "seqio:<task>[:<split>]")
+  prefix = [] if model.prefix_id is None else [model.prefix_id]
+  stream = np.asarray([t for ids in docs_ids for t in prefix + list(ids)], np.int32)
+  if len(stream) < length:
+    raise UserError(f"--calibration_task {source!r} holds {len(stream)} tokens, fewer than "
+                    f"one window of {length}")
+  starts = np.linspace(0, len(stream) - length, rows).astype(np.int64)
+  return np.stack([stream[s:s + length] for s in starts])
+
+
+def _unscanned(cfg, params):
+  """(cfg, params) with scanned layers unstacked into layer_0..layer_{L-1}."""
+  if not cfg.scan_layers:
+    return cfg, params
+  params = dict(params)
+  stacked = params.pop("layers")
+  for i in range(cfg.num_layers):
+    params[f"layer_{i}"] = jax.tree.map(lambda x, i=i: x[i], stacked)
+  return dataclasses.replace(cfg, scan_layers=False), params
+
+
+@functools.partial(jax.jit, static_argnames="cfg")
+def _batch_sq_norms(cfg, params, tokens_BL):
+  """{module path: sum over the batch's tokens of x_i^2} for every DenseGeneral input x."""
+  sums = {}
+
+  def record(next_fun, args, kwargs, context):
+    module = context.module
+    if isinstance(module, DenseGeneral) and context.method_name == "__call__":
+      x_NI = args[0].reshape(-1, math.prod(module.in_shape)).astype(jnp.float32)
+      path = tuple(module.path)
+      sums[path] = sums.get(path, 0.0) + jnp.sum(jnp.square(x_NI), axis=0)
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(record):
+    Transformer(cfg).apply({"params": params}, tokens_BL)
+  return sums
+
+
+def input_sq_norms(cfg, params, tokens_RL: np.ndarray, batch_rows: int = 8) -> dict:
+  """{kernel path: [(layers,) I] sum of squared inputs over all calibration tokens}."""
+  ucfg, uparams = _unscanned(cfg, params)
+  total = None
+  for start in range(0, len(tokens_RL), batch_rows):
+    sums = _batch_sq_norms(ucfg, uparams, jnp.asarray(tokens_RL[start:start + batch_rows]))
+    total = sums if total is None else jax.tree.map(jnp.add, total, sums)
+  out = {}
+  for path, value in total.items():
+    out[path + ("kernel",)] = np.asarray(value)
+  if cfg.scan_layers:  # restack layer_i/... as layers/... [L, I]
+    names = {p[1:] for p in out if p[0].startswith("layer_")}
+    out.update({("layers",) + n: np.stack([out[(f"layer_{i}",) + n]
+                                           for i in range(cfg.num_layers)]) for n in names})
+  return out

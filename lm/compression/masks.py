@@ -1,0 +1,46 @@
+"""Training a pruned model with its masks fixed: pruned weights stay exactly zero.
+
+The mask is the zero pattern of the pruned kernels themselves: the wrapped optimizer sees
+zero gradients there and its updates there are zeroed, so AdamW's moments and its decoupled
+weight decay (lr * wd * w, zero at w = 0) never move them. Holding no state of its own, the
+wrapper keeps the optimizer state and checkpoints as they are, and a resumed run, whose
+zeros were restored with the params, keeps the same masks.
+"""
+import os
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from lm.convert.model_dirs import MODEL_JSON, read_json
+
+
+def keep_zeros(tx: optax.GradientTransformation, paths) -> optax.GradientTransformation:
+  """tx whose gradients and updates are zero wherever a param at one of `paths` (tuples of
+  keys) is zero."""
+  paths = {tuple(p) for p in paths}
+
+  def mask(tree, params):
+    def one(path, u, p):
+      if tuple(k.key for k in path) not in paths:
+        return u
+      return jnp.where(p == 0, jnp.zeros_like(u), u)
+    return jax.tree_util.tree_map_with_path(one, tree, params)
+
+  def update(updates, state, params=None):
+    updates, state = tx.update(mask(updates, params), state, params)
+    return mask(updates, params), state
+
+  return optax.GradientTransformation(tx.init, update)
+
+
+def pruned_kernels(model_dir: str) -> list[tuple[str, ...]]:
+  """The kernel paths an lm-prune directory lists in model.json ([] for any other dir)."""
+  saved = read_json(os.path.join(os.path.abspath(model_dir), MODEL_JSON)) or {}
+  return [tuple(name.split("/")) for name in (saved.get("pruning") or {}).get("kernels", [])]
+
+
+def keep_pruned(tx: optax.GradientTransformation, init_from: str | None):
+  """tx, wrapped by keep_zeros when `init_from` is an lm-prune directory."""
+  paths = pruned_kernels(init_from) if init_from else []
+  return keep_zeros(tx, paths) if paths else tx
