@@ -19,6 +19,7 @@ from lm.models.config import ModelConfig, flops_per_token
 from lm.models.transformer import Transformer
 from lm.sharding import (DEFAULT_RULES, batch_sharding, check_divisible, check_model_divisible,
                          global_batch, make_mesh, use_mesh)
+from lm.compression.masks import keep_pruned
 from lm.training import checkpoints
 from lm.training.metrics import MetricsWriter, peak_flops_per_device
 from lm.training.optimizers import OptimizerConfig, make_optimizer, make_schedule
@@ -104,6 +105,7 @@ def train(model_dir: str, *, model_cfg: ModelConfig = gin.REQUIRED, input_cfg=gi
   model = Transformer(model_cfg)
   trained = model if lora is None else lora_lib.Adapters(model_cfg, lora)  # what tx updates
   tx = make_optimizer(optimizer_cfg, steps)
+  tx = keep_pruned(tx, init_from)  # an lm-prune init_from keeps its zeros (lm.compression)
   schedule = make_schedule(optimizer_cfg, steps)
   rules = DEFAULT_RULES
   with use_mesh(mesh), nn.logical_axis_rules(rules), \
