@@ -39,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
                  default=d.read.split, help=".txt: documents per file/block")
   g.add_argument("--on_decode_error", choices=("drop", "replace"),
                  default=d.read.on_decode_error)
+  g.add_argument("--range_bytes", type=int, default=d.read.range_bytes,
+                 help=".jsonl(.gz): workers share a file in ranges of this "
+                 "many decompressed bytes")
   g = p.add_argument_group("stages (each can be switched off)")
   g.add_argument("--no_normalize", action="store_true")
   g.add_argument("--no_fix_mojibake", action="store_true")
@@ -79,7 +82,8 @@ def config_from_args(a: argparse.Namespace) -> C.PrepConfig:
   return C.PrepConfig(
       inputs=tuple(a.input), output_dir=a.output_dir, overwrite=a.overwrite,
       num_shards=a.num_shards,
-      read=C.ReadConfig(a.text_key, a.split, a.on_decode_error),
+      read=C.ReadConfig(a.text_key, a.split, a.on_decode_error,
+                        a.range_bytes),
       normalize=C.NormalizeConfig(enabled=not a.no_normalize,
                                   fix_mojibake=not a.no_fix_mojibake,
                                   html_to_text=a.html_to_text),

@@ -1,57 +1,103 @@
-"""Exact and near (MinHash-LSH) dedup as Beam transforms on light records.
+"""Exact and near (MinHash-LSH) dedup.
 
-Both take "nodes" (doc key, doc id), where the key's order is the input order,
-so "earliest wins" means the smallest node, and both return removal decisions
-(doc key, (reason, id of the kept document)). Only hashes, signatures and
-nodes are shuffled; the document texts never go through these groupings.
+Both work on "nodes" (doc key, doc id), where the key's order is the input
+order, so "earliest wins" means the smallest node, and both return removal
+decisions (doc key, (reason, id of the kept document)). Hashes and signatures
+are spilled to files partitioned by key (spill.py), one partition is grouped
+per call, and only the verified near-duplicate edges (a few per duplicate)
+go through Beam groupings, for the connected components.
 """
+
+import collections
+import hashlib
+import time
 
 import apache_beam as beam
 import numpy as np
 
-from lm.data.prep import minhash
+from lm.data.prep import minhash, spill
 from lm.data.prep.config import DedupConfig
 
 
-def _exact_losers(group):
-  _, nodes = group
+def _partition(digest: bytes, num_parts: int) -> int:
+  return int.from_bytes(digest[-8:], "little") % num_parts
+
+
+def dedup_records(node, text: str, cfg: DedupConfig, num_parts: int, stats):
+  """(partition, record) pairs for one kept document.
+
+  Exact: ("x", text hash, node) in the hash's partition. Near: the MinHash
+  signature goes to the partition of each of its LSH band keys, once per
+  partition: ("n", node, signature bytes, [band keys]).
+  """
+  if cfg.exact:
+    start = time.perf_counter()
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+    stats["exact_dedup/seconds"] += time.perf_counter() - start
+    yield _partition(digest, num_parts), ("x", digest, node)
+  if cfg.near:
+    start = time.perf_counter()
+    sig = minhash.signature(text, cfg.ngram, cfg.num_perm, cfg.seed)
+    by_part = collections.defaultdict(list)
+    for key in minhash.band_keys(sig, cfg.bands, cfg.rows):
+      by_part[_partition(key, num_parts)].append(key)
+    stats["near_dedup/seconds"] += time.perf_counter() - start
+    sig = sig.tobytes()
+    for part, keys in sorted(by_part.items()):
+      yield part, ("n", node, sig, keys)
+
+
+def _exact_losers(nodes):
   nodes = sorted(nodes)
   winner_id = nodes[0][1]
   for key, _ in nodes[1:]:
     yield key, ("exact_dup_of", winner_id)
 
 
-class ExactDedup(beam.PTransform):
-  """(text hash, node) -> decisions for every node but the earliest per hash."""
+class DedupPartition(beam.DoFn):
+  """(partition, spill paths) -> ("exact", decision) and ("edge", edge).
 
-  def expand(self, hashed):
-    return (hashed | "GroupByHash" >> beam.GroupByKey()
-            | "ExactLosers" >> beam.FlatMap(_exact_losers))
+  Exact: every node of a text hash but the earliest loses. Near (LSH): a
+  band bucket's members are paired with its smallest member (a star, linear
+  in the bucket size) and the pair is an edge if the estimated Jaccard of
+  their signatures reaches the threshold. All of a key's records are in one
+  partition, so the result does not depend on how the records were spilled.
+  """
 
+  def __init__(self, cfg: DedupConfig):
+    self._cfg = cfg
 
-def _bucket_pairs(group):
-  """(member, anchor) for every member of an LSH bucket but its smallest."""
-  _, nodes = group
-  nodes = sorted(set(nodes))
-  for member in nodes[1:]:
-    yield member, nodes[0]
-
-
-def _attach_member_sig(group):
-  member, joined = group
-  for sig in joined["sig"]:
-    for anchor in set(joined["anchor"]):
-      yield anchor, (member, sig)
-
-
-def _verified_edges(group, threshold):
-  anchor, joined = group
-  for anchor_sig in joined["sig"]:
-    anchor_sig = np.frombuffer(anchor_sig, dtype=np.uint32)
-    for member, sig in joined["member"]:
-      sig = np.frombuffer(sig, dtype=np.uint32)
-      if minhash.estimated_jaccard(sig, anchor_sig) >= threshold:
-        yield member, anchor
+  def process(self, item):
+    _, paths = item
+    hashes = collections.defaultdict(list)
+    buckets = collections.defaultdict(list)
+    sigs = {}
+    for path in sorted(paths):
+      for record in spill.read_records(path):
+        if record[0] == "x":
+          hashes[record[1]].append(record[2])
+        else:
+          _, node, sig, keys = record
+          sigs[node] = sig
+          for key in keys:
+            buckets[key].append(node)
+    for nodes in hashes.values():
+      for decision in _exact_losers(nodes):
+        yield "exact", decision
+    edges = set()
+    for nodes in buckets.values():
+      nodes = sorted(set(nodes))
+      if len(nodes) < 2:
+        continue
+      anchor = nodes[0]
+      anchor_sig = np.frombuffer(sigs[anchor], dtype=np.uint32)
+      for member in nodes[1:]:
+        if (member, anchor) not in edges and minhash.estimated_jaccard(
+            np.frombuffer(sigs[member], dtype=np.uint32),
+            anchor_sig) >= self._cfg.threshold:
+          edges.add((member, anchor))
+    for edge in sorted(edges):
+      yield "edge", edge
 
 
 def _both_directions(edge):
@@ -102,8 +148,11 @@ class ConnectedComponents(beam.PTransform):
                 "label": state | f"Send{r}" >> beam.FlatMap(_send_label)}
                | f"Join{r}" >> beam.CoGroupByKey()
                | f"Update{r}" >> beam.Map(_update))
+    # No default for an empty input: a default is a side input, which not
+    # every runner supports (Dask); the report reads a missing count as 0.
     unconverged = (state | "Changed" >> beam.Map(lambda s: int(s[1][2]))
-                   | "CountChanged" >> beam.CombineGlobally(sum))
+                   | "CountChanged" >> beam.CombineGlobally(
+                       sum).without_defaults())
     labels = state | "Labels" >> beam.Map(lambda s: (s[0], s[1][0]))
     return labels, unconverged
 
@@ -114,34 +163,15 @@ def _near_decision(item):
     yield node[0], ("near_dup_of", label[1])
 
 
-class NearDedup(beam.PTransform):
-  """(node, signature bytes) -> (decisions, unconverged count).
+class NearDecisions(beam.PTransform):
+  """Verified edges -> (decisions, unconverged count): each connected
+  component keeps only its smallest (earliest) node."""
 
-  LSH: every band of every signature is a key; a bucket's members are paired
-  with its smallest member (a star, linear in the bucket size), the pair is
-  kept if the estimated Jaccard reaches the threshold, and each connected
-  component of kept pairs keeps only its smallest (earliest) node.
-  """
-
-  def __init__(self, cfg: DedupConfig):
+  def __init__(self, cc_rounds: int):
     super().__init__()
-    self._cfg = cfg
+    self._rounds = cc_rounds
 
-  def expand(self, sigs):
-    cfg = self._cfg
-    pairs = (sigs
-             | "Bands" >> beam.FlatMap(lambda ns: [
-                 (k, ns[0]) for k in minhash.band_keys(
-                     np.frombuffer(ns[1], dtype=np.uint32), cfg.bands,
-                     cfg.rows)])
-             | "GroupByBand" >> beam.GroupByKey()
-             | "BucketPairs" >> beam.FlatMap(_bucket_pairs))
-    with_member_sig = ({"sig": sigs, "anchor": pairs}
-                       | "JoinMemberSig" >> beam.CoGroupByKey()
-                       | "MemberSig" >> beam.FlatMap(_attach_member_sig))
-    edges = ({"sig": sigs, "member": with_member_sig}
-             | "JoinAnchorSig" >> beam.CoGroupByKey()
-             | "Verify" >> beam.FlatMap(_verified_edges, cfg.threshold))
+  def expand(self, edges):
     labels, unconverged = edges | "Components" >> ConnectedComponents(
-        cfg.cc_rounds)
+        self._rounds)
     return labels | "NearLosers" >> beam.FlatMap(_near_decision), unconverged

@@ -30,11 +30,20 @@ class OutputError(UserError, ValueError):
 
 def pipeline_options(beam_args: List[str], num_workers: int
                      ) -> PipelineOptions:
-  """Standard Beam options; without --runner, the local DirectRunner with
-  `num_workers` processes (1: in-process, fastest to start)."""
+  """Standard Beam options; without --runner, Beam's local FnApiRunner with
+  `num_workers` processes (1: in-process, fastest to start). Not
+  "DirectRunner": it first tries to download the Prism runner. On the Dask
+  runner each input range is its own task unless --dask_npartitions or
+  --dask_partition_size says otherwise."""
   options = PipelineOptions(beam_args)
-  if not options.view_as(StandardOptions).runner:
-    options.view_as(StandardOptions).runner = "DirectRunner"
+  runner = options.view_as(StandardOptions).runner
+  if runner and runner.endswith("DaskRunner"):
+    from apache_beam.runners.dask.dask_runner import DaskOptions
+    dask = options.view_as(DaskOptions)
+    if not (dask.npartitions or dask.partition_size):
+      dask.partition_size = 1
+  if not runner:
+    options.view_as(StandardOptions).runner = "FnApiRunner"
     direct = options.view_as(DirectOptions)
     direct.direct_num_workers = num_workers
     direct.direct_running_mode = ("multi_processing" if num_workers > 1
@@ -60,6 +69,9 @@ def check_config(cfg: PrepConfig) -> None:
       audit.load_terms(cfg.audit_terms)
     except (OSError, ValueError) as e:
       raise readers.InputError(f"--audit_terms {cfg.audit_terms}: {e}") from None
+  if cfg.read.range_bytes < 1:
+    raise readers.InputError(
+        f"--range_bytes must be >= 1, not {cfg.read.range_bytes}")
   d = cfg.dedup
   if d.near and min(d.bands, d.rows, d.ngram) < 1:
     raise readers.InputError(
@@ -141,11 +153,16 @@ def run(cfg: PrepConfig, beam_args: Optional[List[str]] = None,
   options = pipeline_options(beam_args or [], num_workers)
   try:
     num_shards = cfg.num_shards or pipeline.auto_num_shards(files)
+    num_parts = pipeline.auto_num_shards(files, pipeline.PARTITION_BYTES)
+    ranges = readers.plan_ranges(files, cfg.read.range_bytes)
     with beam.Pipeline(options=options) as p:
-      pipeline.build(p, cfg, files, tmp, num_shards)
-    stats = _read_json(f"{tmp}/{pipeline.STATS_FILE}")
-    FileSystems.delete([f"{tmp}/{pipeline.STATS_FILE}",
-                        f"{tmp}/{pipeline.WORK_DIR}"])
+      pipeline.build(p, cfg, ranges, tmp, num_shards, num_parts)
+    stats_file = f"{tmp}/{pipeline.STATS_FILE}"
+    stats = (_read_json(stats_file) if FileSystems.exists(stats_file)
+             else {})  # No documents at all.
+    FileSystems.delete([path for path in (stats_file,
+                                          f"{tmp}/{pipeline.WORK_DIR}")
+                        if FileSystems.exists(path)])
     if cfg.spm_vocab_size:
       model = f"{tmp}/{spm.SPM_FILE}"
       spm.train_spm(_kept_files(tmp), model, cfg.spm_vocab_size,
@@ -155,8 +172,9 @@ def run(cfg: PrepConfig, beam_args: Optional[List[str]] = None,
         _ = (spm.count_tokens(p, _kept_files(tmp), model,
                               cfg.validation_fraction)
              | beam.Map(pipeline.write_json, f"{tmp}/_tokens.json"))
-      stats.update(_read_json(f"{tmp}/_tokens.json"))
-      FileSystems.delete([f"{tmp}/_tokens.json"])
+      if FileSystems.exists(f"{tmp}/_tokens.json"):  # Else no kept files.
+        stats.update(_read_json(f"{tmp}/_tokens.json"))
+        FileSystems.delete([f"{tmp}/_tokens.json"])
     rep = report.build_report(stats, cfg, files, time.time() - start,
                               num_shards)
     report.write_report(rep, tmp)

@@ -1,22 +1,26 @@
 """The Beam graph of `lm-prep`.
 
-  files -> read -> ProcessDoc (decode .. decontaminate, per document)
-             |-- docs -> spill files, one per (shard, bundle) -> (shard, path) -.
-             |-- (hash, node)      -> ExactDedup -> decisions ---------------+-> by
-             |-- (node, signature) -> NearDedup  -> decisions ---------------'  shard
-             '-- stats -------------------------------------------> report  WriteShard
+  file ranges -> read -> ProcessDoc (decode .. decontaminate, per document)
+    |-- docs -> spill files, one per (shard, bundle) -> (shard, path) ------.
+    |-- hashes, signatures -> spill files per (partition, bundle)            |
+    |     -> DedupPartition -> exact decisions ---------------------------+-> by
+    |                       '-> near edges -> components -> decisions ----'  shard
+    '-- stats (summed in the bundle) ---------------------------> report  WriteShard
 
-Only light records (hashes, signatures, ids, spill paths) go through Beam's
-groupings; the text is spilled to DIR.tmp/_work, so neither a local runner's
-memory nor a distributed shuffle holds the corpus. Each output shard (a hash
-of the document key) is read back, joined with its dedup decisions and
-sorted by input order before it is written, so the output is byte-identical
-for any runner and worker count.
+Nothing with one record per document goes through Beam's groupings: texts,
+hashes and signatures are spilled to DIR.tmp/_work and only their paths are
+grouped, so neither a local runner's memory nor a distributed shuffle grows
+with the corpus (one call holds one dedup partition or one shard's index).
+Each output shard (a hash of the document key) is joined with its dedup
+decisions and written in input order, so the output is byte-identical for any
+runner, worker count and split of the input into ranges.
+
+ProcessDoc has one output of (tag, value) pairs, split by `_only`, and emits
+spill paths when it opens a file: the Dask runner keeps neither a DoFn's
+tagged outputs apart nor what finish_bundle emits.
 """
 
 import collections
-import gzip
-import hashlib
 import json
 import math
 import time
@@ -24,18 +28,17 @@ import uuid
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.transforms.window import GlobalWindow
-from apache_beam.utils.timestamp import MIN_TIMESTAMP
-from apache_beam.utils.windowed_value import WindowedValue
 
-from lm.data.prep import (audit, clean, decontam, minhash, normalize, pii,
-                          quality, readers, splits)
+from lm.data.prep import (audit, clean, decontam, dedup, normalize, pii,
+                          quality, readers, spill, splits)
 from lm.data.prep.config import PrepConfig
-from lm.data.prep.dedup import ExactDedup, NearDedup
 
 # Auto sharding: one output shard per 16 MB of input (gzip: ~40 MB of text),
 # which bounds the memory of the step that sorts and writes a shard.
 SHARD_BYTES = 16 << 20
+# One dedup partition per 2 MB of input: a partition call holds ~20k
+# signatures (one per LSH band of ~1,000 documents), whatever the corpus size.
+PARTITION_BYTES = 2 << 20
 STATS_FILE = "_stats.json"
 WORK_DIR = "_work"  # Spilled documents, deleted after the run.
 
@@ -82,16 +85,24 @@ class SumCounters(beam.CombineFn):
     return dict(acc)
 
 
-class ProcessDoc(beam.DoFn):
-  """Runs the per-document stages; emits dedup keys and stats.
+def _only(item, tag):
+  """The value of a (tag, value) pair with this tag."""
+  if item[0] == tag:
+    yield item[1]
 
-  The documents themselves are spilled to one temp file per output shard and
-  bundle, and only (shard, path) is emitted, so no runner ever buffers or
-  shuffles the corpus text.
+
+class ProcessDoc(beam.DoFn):
+  """Runs the per-document stages; spills documents and dedup records.
+
+  Emits ("spill", (shard, path)), ("dedup", (partition, path)) once per file
+  it opens and ("stats", Counter) per document, so no runner ever buffers or
+  shuffles the corpus text or per-document dedup records.
   """
 
-  def __init__(self, cfg: PrepConfig, tmp_dir: str, num_shards: int):
-    self._cfg, self._tmp, self._num_shards = cfg, tmp_dir, num_shards
+  def __init__(self, cfg: PrepConfig, tmp_dir: str, num_shards: int,
+               num_parts: int):
+    self._cfg, self._tmp = cfg, tmp_dir
+    self._num_shards, self._num_parts = num_shards, num_parts
 
   def setup(self):
     cfg = self._cfg
@@ -118,21 +129,19 @@ class ProcessDoc(beam.DoFn):
     self._stages = stages
 
   def start_bundle(self):
-    self._spills = {}  # shard -> (path, writer)
+    self._files = {}  # (tag, shard or partition) -> writer
 
   def finish_bundle(self):
-    for shard, (path, writer) in sorted(self._spills.items()):
+    for writer in self._files.values():
       writer.close()
-      yield beam.pvalue.TaggedOutput("spill", WindowedValue(
-          (shard, path), MIN_TIMESTAMP, [GlobalWindow()]))
 
-  def _spill(self, doc):
-    shard = shard_of(doc["key"], self._num_shards)
-    if shard not in self._spills:
+  def _writer(self, tag, n, make):
+    """Yields (tag, (n, path)) if the bundle's file for (tag, n) is new."""
+    if (tag, n) not in self._files:
       # A retried bundle writes a new file; only committed paths are read.
-      path = f"{self._tmp}/{WORK_DIR}/{shard:05d}-{uuid.uuid4().hex}.jsonl.gz"
-      self._spills[shard] = path, _gzip_writer(path)
-    self._spills[shard][1].write_record(doc)
+      path = f"{self._tmp}/{WORK_DIR}/{tag}-{n:05d}-{uuid.uuid4().hex}"
+      self._files[tag, n] = make(path)
+      yield tag, (n, path)
 
   def _clean(self, text, stats):
     cleaned, reason, line_counts = clean.clean_lines(text, self._cfg.clean)
@@ -169,54 +178,22 @@ class ProcessDoc(beam.DoFn):
           text, words = new_text, None
         words = measure(stats, stage, "out", text, words)
     if doc["reason"] is None:
-      yield from self._dedup_keys(doc, text, stats)
+      for part, record in dedup.dedup_records(
+          (doc["key"], doc["id"]), text, self._cfg.dedup, self._num_parts,
+          stats):
+        yield from self._writer("dedup", part, spill.RecordWriter)
+        self._files["dedup", part].write(record)
     else:
       stats[f"removed/{doc['reason']}"] += 1
     doc["text"], doc["words"] = text, words
-    self._spill(doc)
-    yield beam.pvalue.TaggedOutput("stats", stats)
-
-  def _dedup_keys(self, doc, text, stats):
-    node, dedup = (doc["key"], doc["id"]), self._cfg.dedup
-    if dedup.exact:
-      start = time.perf_counter()
-      digest = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
-      stats["exact_dedup/seconds"] += time.perf_counter() - start
-      yield beam.pvalue.TaggedOutput("hash", (digest, node))
-    if dedup.near:
-      start = time.perf_counter()
-      sig = minhash.signature(text, dedup.ngram, dedup.num_perm, dedup.seed)
-      stats["near_dedup/seconds"] += time.perf_counter() - start
-      yield beam.pvalue.TaggedOutput("sig", (node, sig.tobytes()))
+    shard = shard_of(doc["key"], self._num_shards)
+    yield from self._writer("spill", shard, spill.DocWriter)
+    self._files["spill", shard].write(doc)
+    yield "stats", stats
 
 
 def _prefixed(prefix, reason):
   return reason and f"{prefix}:{reason}"
-
-
-def _gzip_writer(path: str):
-  """A text writer to `path` (any Beam filesystem), gzip with a fixed mtime
-  so that identical content gives identical bytes."""
-  raw = FileSystems.create(path, compression_type="uncompressed")
-  return _ClosingGzip(raw)
-
-
-class _ClosingGzip(gzip.GzipFile):
-  """GzipFile that also closes the channel it writes to."""
-
-  def __init__(self, raw):
-    # Level 1: ~10x faster than gzip's default 9 (which dominated the write
-    # step) for ~25 % larger files.
-    super().__init__(filename="", mode="wb", fileobj=raw, mtime=0,
-                     compresslevel=1)
-    self._raw = raw
-
-  def write_record(self, record: dict) -> None:
-    self.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
-
-  def close(self):
-    super().close()
-    self._raw.close()
 
 
 def _final_reason(doc, decisions, stats):
@@ -246,13 +223,6 @@ class WriteShard(beam.DoFn):
 
   def process(self, item):
     shard, joined = item
-    docs = []
-    for path in joined["spill"]:
-      with FileSystems.open(path, compression_type="uncompressed") as raw:
-        with gzip.GzipFile(fileobj=raw) as f:
-          docs.extend(json.loads(line) for line in f)
-    for doc in docs:
-      doc["key"] = tuple(doc["key"])  # JSON turned the tuple into a list.
     decisions = {}
     for key, decision in joined["decision"]:
       # A document can be both; the exact duplicate is the better reason.
@@ -260,9 +230,9 @@ class WriteShard(beam.DoFn):
         decisions[key] = decision
     stats = collections.Counter()
     name = f"{shard:05d}-of-{self._num_shards:05d}.jsonl.gz"
-    with _gzip_writer(f"{self._tmp}/data-{name}") as kept, _gzip_writer(
-        f"{self._tmp}/removed/removed-{name}") as removed:
-      for doc in sorted(docs, key=lambda d: d["key"]):
+    with spill.GzipWriter(f"{self._tmp}/data-{name}") as kept, \
+        spill.GzipWriter(f"{self._tmp}/removed/removed-{name}") as removed:
+      for doc in spill.docs_in_key_order(joined["spill"]):
         reason = _final_reason(doc, decisions, stats)
         if reason:
           removed.write_record(
@@ -288,35 +258,46 @@ def write_json(obj, path):
     f.write(json.dumps(obj, sort_keys=True).encode("utf-8"))
 
 
-def build(p: beam.Pipeline, cfg: PrepConfig, files, tmp_dir: str,
-          num_shards: int) -> None:
-  """Adds the whole prep graph to `p`; stats land in tmp_dir/_stats.json."""
-  docs = (p | "Files" >> beam.Create(files)
-          | "SpreadFiles" >> beam.Reshuffle()
-          | "Read" >> beam.FlatMap(readers.read_file, cfg.read)
-          | "Process" >> beam.ParDo(ProcessDoc(
-              cfg, tmp_dir, num_shards)).with_outputs(
-                  "hash", "sig", "stats", "spill", main="unused"))
-  decisions, stats = [], [docs.stats]
-  if cfg.dedup.exact:
-    decisions.append(docs.hash | "Exact" >> ExactDedup())
+def build(p: beam.Pipeline, cfg: PrepConfig, ranges, tmp_dir: str,
+          num_shards: int, num_parts: int) -> None:
+  """Adds the whole prep graph to `p`; stats land in tmp_dir/_stats.json
+  (no file if there were no documents)."""
+  out = (p | "Ranges" >> beam.Create(ranges)
+         | "SpreadRanges" >> beam.Reshuffle()
+         | "Read" >> beam.FlatMap(readers.read_range, cfg.read)
+         | "Process" >> beam.ParDo(ProcessDoc(cfg, tmp_dir, num_shards,
+                                              num_parts)))
+  # Summed right after ProcessDoc: a local runner then keeps one Counter per
+  # bundle, not one per document, until the end.
+  stats = [out | "DocStats" >> beam.FlatMap(_only, "stats")
+           | "SumDocStats" >> beam.CombineGlobally(
+               SumCounters()).without_defaults()]
+  decisions = []
+  if cfg.dedup.exact or cfg.dedup.near:
+    found = (out | "DedupFiles" >> beam.FlatMap(_only, "dedup")
+             | "ByPartition" >> beam.GroupByKey()
+             | "Dedup" >> beam.ParDo(dedup.DedupPartition(cfg.dedup)))
+    decisions.append(found | "ExactDecisions" >> beam.FlatMap(_only, "exact"))
   if cfg.dedup.near:
-    near, unconverged = docs.sig | "Near" >> NearDedup(cfg.dedup)
+    near, unconverged = (found | "NearEdges" >> beam.FlatMap(_only, "edge")
+                         | "Near" >> dedup.NearDecisions(cfg.dedup.cc_rounds))
     decisions.append(near)
     stats.append(unconverged | "UnconvergedStats" >> beam.Map(
         lambda n: {"near_dedup/cc_unconverged": n}))
-  decision = (decisions | "AllDecisions" >> beam.Flatten()
-              if decisions else p | "NoDecisions" >> beam.Create([]))
+  if not decisions:
+    decisions.append(out | "NoDecisions" >> beam.FlatMap(lambda _: ()))
   by_shard = lambda kv: (shard_of(kv[0], num_shards), kv)
-  written = ({"spill": docs.spill,
-              "decision": decision | "DecisionShard" >> beam.Map(by_shard)}
+  written = ({"spill": out | "SpillFiles" >> beam.FlatMap(_only, "spill"),
+              "decision": (decisions | "AllDecisions" >> beam.Flatten()
+                           | "DecisionShard" >> beam.Map(by_shard))}
              | "ByShard" >> beam.CoGroupByKey()
              | "Write" >> beam.ParDo(WriteShard(cfg, tmp_dir, num_shards)))
   stats.append(written)
   _ = (stats | "AllStats" >> beam.Flatten()
-       | "SumStats" >> beam.CombineGlobally(SumCounters())
+       | "SumStats" >> beam.CombineGlobally(SumCounters()).without_defaults()
        | "WriteStats" >> beam.Map(write_json, f"{tmp_dir}/{STATS_FILE}"))
 
 
-def auto_num_shards(files) -> int:
-  return max(1, math.ceil(sum(size for *_, size in files) / SHARD_BYTES))
+def auto_num_shards(files, unit: int = SHARD_BYTES) -> int:
+  """One per `unit` bytes of input files (at least one)."""
+  return max(1, math.ceil(sum(size for *_, size in files) / unit))

@@ -91,24 +91,84 @@ def _read_jsonl_line(file_no, path, pos, line: bytes, cfg: ReadConfig) -> dict:
               None if ok else "decode_error")
 
 
-def read_file(file: Tuple[int, str, int], cfg: ReadConfig) -> Iterator[dict]:
-  """Yields every document of one input file, bad ones with a `reason`.
+def _open(path: str):
+  """The decompressed byte stream of `path` (seekable; gzip seeks forward by
+  decompressing). Python's gzip, unlike Beam's, raises on a truncated stream."""
+  raw = FileSystems.open(path, compression_type="uncompressed")
+  return gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw
+
+
+def plan_ranges(files, range_bytes: int) -> List[Tuple]:
+  """Cuts every input file into ranges that workers read independently.
+
+  A range is (file, start, end, first line): the lines whose first byte lies
+  in [start, end) of the decompressed file, and the number of the first of
+  them, so that document keys and ids are those of a whole-file read. A
+  .jsonl(.gz) file larger than range_bytes / 4 on disk is scanned once (a
+  newline count at decompression speed) and cut every range_bytes
+  decompressed bytes; .txt files and smaller files are one range (end None:
+  to the end of the file). A file that cannot be scanned is one range too,
+  so that its reader reports the error.
+  """
+  ranges = []
+  for file in files:
+    _, path, size = file
+    if path.endswith(".txt") or size <= range_bytes // 4:
+      ranges.append((file, 0, None, 0))
+      continue
+    try:
+      ranges.extend(_scan(file, range_bytes))
+    except (OSError, EOFError, ValueError):
+      ranges.append((file, 0, None, 0))
+  return ranges
+
+
+def _scan(file, range_bytes: int) -> List[Tuple]:
+  ranges, start, first = [], 0, 0  # Current range, newlines before it.
+  offset, newlines = 0, 0  # Decompressed bytes read, newlines in them.
+  with _open(file[1]) as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      while start + range_bytes < offset + len(chunk):  # A cut in chunk.
+        cut = start + range_bytes
+        ranges.append((file, start, cut, first))
+        start, first = cut, newlines + chunk.count(b"\n", 0, cut - offset)
+      newlines += chunk.count(b"\n")
+      offset += len(chunk)
+  ranges.append((file, start, None, first))
+  return ranges
+
+
+def read_range(rng: Tuple, cfg: ReadConfig) -> Iterator[dict]:
+  """Yields every document of one range (plan_ranges), bad ones with a
+  `reason`.
 
   A file that cannot be read (e.g. truncated gzip) yields one `read_error`
   record instead of failing the pipeline.
   """
-  file_no, path, _ = file
-  pos = 0
+  (file_no, path, _), start, end, pos = rng
   try:
-    # Python's gzip, unlike Beam's, raises on a truncated stream.
-    with FileSystems.open(path, compression_type="uncompressed") as raw, (
-        gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw) as f:
+    with _open(path) as f:
       if path.endswith(".txt"):
         yield from _read_txt(file_no, path, f.read(), cfg)
         return
-      for pos, line in enumerate(iter(f.readline, b"")):
+      if start:
+        # The line with byte start-1 belongs to the previous range: skip to
+        # the end of it.
+        f.seek(start - 1)
+        if f.read(1) != b"\n":
+          start += len(f.readline())
+          pos += 1
+      for pos, line in enumerate(iter(f.readline, b""), pos):
+        if end is not None and start >= end:
+          return
+        start += len(line)
         if line.strip():
           yield _read_jsonl_line(file_no, path, pos, line, cfg)
   except (OSError, EOFError, ValueError) as e:
     yield _doc((file_no, pos + 1), f"{path}#read_error", str(e),
                reason="read_error")
+
+
+def read_file(file: Tuple[int, str, int], cfg: ReadConfig) -> Iterator[dict]:
+  """Yields every document of one whole file (read_range of one range)."""
+  yield from read_range((file, 0, None, 0), cfg)

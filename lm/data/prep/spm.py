@@ -76,4 +76,5 @@ def count_tokens(p: beam.Pipeline, files: List[str], model_path: str,
           | "SpreadKept" >> beam.Reshuffle()
           | "CountTokens" >> beam.Map(_count_file, model_path,
                                       validation_fraction)
-          | "SumTokens" >> beam.CombineGlobally(SumCounters()))
+          | "SumTokens" >> beam.CombineGlobally(
+              SumCounters()).without_defaults())
