@@ -138,17 +138,21 @@ def register_instruct_task(name: str, split_patterns: Mapping[str, str], vocabul
   """An instruction task over JSONL files (see the module docstring); returns `name`, so gin
   can bind `InputConfig.task = @register_instruct_task()`.
 
-  split_patterns: split name -> glob of JSONL files (".gz" read too). template: one of
+  split_patterns: split name -> glob of JSONL files (".gz" read too; '' leaves the split out,
+  e.g. no validation with EVAL_STEPS=0). template: one of
   lm.data.chat_templates.TEMPLATES. overlong: "drop" or "truncate" examples over SEQ_LEN.
+  vocabulary None (model_vocabulary of an unset INIT_FROM): registers nothing, returns None.
   """
   if template not in chat_templates.TEMPLATES:
     raise UserError(f"unknown chat template {template!r}; choose one of "
                     f"{chat_templates.TEMPLATES}")
   if overlong not in OVERLONG:
     raise UserError(f"overlong must be one of {OVERLONG}, not {overlong!r}")
+  if vocabulary is None:  # lm-train stops on the missing INIT_FROM itself
+    return None
   _check_template(vocabulary, template)
   splits = {split: _read_split(pattern, vocabulary, template)
-            for split, pattern in split_patterns.items()}
+            for split, pattern in split_patterns.items() if pattern}  # '': no such split
   lengths = {split: np.diff(offsets) for split, (_, _, offsets) in splits.items()}
   if name in seqio.TaskRegistry.names():  # gin may build the same config twice
     seqio.TaskRegistry.remove(name)

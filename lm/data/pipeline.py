@@ -25,6 +25,7 @@ import tensorflow as tf
 from lm.data import tasks  # noqa: F401  (registers the built-in tasks)
 from lm.data.inputs import InputConfig
 from lm.data.instruct import feature_converter
+from lm.data.mixtures import member_eval_batches
 from lm.data.resume import gather_processes, restore_iterator, save_iterator
 from lm.data.sources import RandomWindowsSource
 from lm.errors import UserError
@@ -120,6 +121,10 @@ class SeqioBatches:
   def vocab_size(self) -> int:
     """Size of the task's vocabulary: every token id is below it."""
     return vocabulary(self.cfg.task).vocab_size
+
+  def eval_sets(self, eval_steps: int) -> dict[str, list]:
+    """A mixture's members' validation batches by task (the loop logs eval/<task>/loss)."""
+    return member_eval_batches(self.cfg, eval_steps)
 
   def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
     return self

@@ -113,8 +113,11 @@ def register_files_task(name: str, split_patterns: Mapping[str, str], vocabulary
   `split_patterns` maps split names to globs (".gz" files are read too); every file is read
   once here (exists, not empty, UTF-8, every JSONL line an object with a string `text_key`),
   so bad data fails before training starts, naming file and line. Returns `name`, so gin can
-  bind `InputConfig.task = @register_files_task()`.
+  bind `InputConfig.task = @register_files_task()`. vocabulary None (model_vocabulary of an
+  unset INIT_FROM, gin_configs/runs/mixture.gin): registers nothing and returns None.
   """
+  if vocabulary is None:  # lm-train stops on the missing INIT_FROM itself
+    return None
   if file_format not in ("text", "jsonl"):
     raise UserError(f"file_format must be 'text' or 'jsonl', not {file_format!r}")
   files = {split: check_files(pattern, file_format, text_key)

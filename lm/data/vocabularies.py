@@ -173,16 +173,20 @@ class TokenizerVocabulary(seqio.Vocabulary):
 
 
 @gin.configurable
-def model_vocabulary(model_dir: str = gin.REQUIRED, add_special_tokens: bool = False
-                     ) -> seqio.Vocabulary:
+def model_vocabulary(model_dir: str | None = gin.REQUIRED, add_special_tokens: bool = False
+                     ) -> seqio.Vocabulary | None:
   """The vocabulary of a model directory's own tokenizer (MODEL_DIR/tokenizer/), so a SeqIO task
   is tokenized as that model (a run, an `lm-convert import-hf/import-gguf` import) expects.
 
   chars.json -> CharVocabulary, spm.model -> seqio.SentencePieceVocabulary, tokenizer.json ->
   TokenizerVocabulary (add_special_tokens applies to it only: char and SentencePiece tokenizers
   add nothing). Bind it in gin: `register_files_task.vocabulary = @model_vocabulary()` with
-  `model_vocabulary.model_dir = '/path/to/smollm2'`.
+  `model_vocabulary.model_dir = '/path/to/smollm2'`. model_dir None (finetune.gin's INIT_FROM
+  unset) gives None: the register functions then register nothing, and lm-train stops on the
+  missing INIT_FROM.
   """
+  if model_dir is None:
+    return None
   return _model_vocabulary(os.path.abspath(os.path.expanduser(model_dir)), add_special_tokens)
 
 

@@ -99,6 +99,10 @@ def train(model_dir: str, *, model_cfg: ModelConfig = gin.REQUIRED, input_cfg=gi
     raise UserError(f"ModelConfig.vocab_size={model_cfg.vocab_size} is smaller than the "
                     f"vocabulary of task {task!r} ({data_vocab} tokens)")
   eval_batches = _eval_batches(batches_fn, input_cfg, eval_steps) if eval_steps else []
+  # Named eval sets besides the task's, e.g. a mixture's members (lm.data.mixtures), logged as
+  # eval/<name>/loss so that forgetting shows.
+  eval_sets = train_batches.eval_sets(eval_steps) if eval_steps and hasattr(
+      train_batches, "eval_sets") else {}
   settings = run_settings(input_cfg, optimizer_cfg, steps)
   run_id = check_resume(model_dir, model_cfg, settings)
 
@@ -148,19 +152,19 @@ def train(model_dir: str, *, model_cfg: ModelConfig = gin.REQUIRED, input_cfg=gi
     eval_fn = jax.jit(functools.partial(bind(eval_step), model=model, objective=objective),
                       in_shardings=(shardings.params, batch_sharding(mesh), *frozen_shardings))
 
-    def evaluate():
+    def evaluate(batches=eval_batches, prefix="eval"):
       totals = None
-      for batch in eval_batches:
+      for batch in batches:
         out = eval_fn(state.params, global_batch(mesh, batch), *frozen)
         totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
       loss_sum, weight_sum, sums = jax.device_get(totals)
       if not weight_sum:  # all padding: no loss to report
         return None
       loss = float(loss_sum / weight_sum)
-      results = {"eval/loss": loss,
-                 **{f"eval/{k}": float(v / weight_sum) for k, v in sums.items()}}
+      results = {f"{prefix}/loss": loss,
+                 **{f"{prefix}/{k}": float(v / weight_sum) for k, v in sums.items()}}
       if objective is None:
-        results["eval/perplexity"] = float(jnp.exp(loss))
+        results[f"{prefix}/perplexity"] = float(jnp.exp(loss))
       return results
 
     tokens_per_step = batch_size * seq_len
@@ -205,6 +209,10 @@ def train(model_dir: str, *, model_cfg: ModelConfig = gin.REQUIRED, input_cfg=gi
           eval_loss = results["eval/loss"]
           writer.write(step, results)
           bar.write(f"step {step}: eval loss {eval_loss:.4f}")
+      for name, batches in eval_sets.items() if is_eval_step else ():
+        member = evaluate(batches, f"eval/{name}")  # None: no tokens in its batches
+        if member:
+          writer.write(step, member)
       if eval_tasks and is_eval_step:
         from lm.evaluation.training import task_scalars  # lazy: only runs that use it
         params = state.params if base is None else base.merged(state.params)
