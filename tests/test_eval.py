@@ -45,7 +45,8 @@ def _hand_loglikelihood(model, context: str, continuation: str) -> float:
 
 ITEMS = [
     [("question: what is red?\nanswer:", " a rose"), ("question: what is red?\nanswer:", " sky"),
-     ("question: what is red?\nanswer:", " the sun")],
+     ("question: what is red?\nanswer:", " the sun"),
+     ("question: what is red?\nanswer:", "a")],  # one token: scored from the context alone
     [("he said the", " dog ran"), ("she said the", " dog ran")],  # partial scoring
     [("", " hello")],  # empty context: the EOS prefix
     [("x" * 45, " tail end")],  # longer than max_len: cut on the left, scored pair by pair

@@ -5,7 +5,9 @@
 
 Prints a table (task, metric, value, stderr) and writes MODEL_DIR/eval/step_<N>.json: every
 score, its standard error, the config and the first rendered prompts with the model's answers.
-Imports no TensorFlow except for `seqio:` tasks.
+Imports no TensorFlow except for `seqio:` tasks. Compiled programs are kept in JAX's
+persistent compilation cache under $LM_CACHE_DIR/jax (default ~/.cache/lm/jax), so a second
+run of the same model shape skips most compilation (--no_compilation_cache: off).
 """
 import argparse
 import json
@@ -30,7 +32,16 @@ def _parser():
   parser.add_argument("--stride", type=int, help="perplexity stride (default: seq_len)")
   parser.add_argument("--mesh_shape", type=lambda s: tuple(int(x) for x in s.split(",")),
                       help="data,fsdp,tensor (default: one device)")
+  parser.add_argument("--no_compilation_cache", action="store_true",
+                      help="do not read or write the persistent compilation cache")
   return parser
+
+
+def _use_compilation_cache():
+  """JAX's persistent cache under $LM_CACHE_DIR/jax: compilations of >= 1 s are reused."""
+  import jax
+  root = os.environ.get("LM_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "lm"))
+  jax.config.update("jax_compilation_cache_dir", os.path.join(root, "jax"))
 
 
 def _write_json(path: str, report: dict):
@@ -52,6 +63,8 @@ def _main(argv):
   from lm.evaluation import get_task  # after the cheap checks: JAX takes seconds to load
   for name in tasks:
     get_task(name)
+  if not args.no_compilation_cache:
+    _use_compilation_cache()
   import lm
   from lm.evaluation.runner import evaluate, format_table
   from lm.training import checkpoints
