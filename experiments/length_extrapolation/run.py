@@ -6,14 +6,13 @@ training length, on character-level Shakespeare.
 `sweep`: one lm-sweep of gin_configs/runs/shakespeare_char_cpu.gin (context 64) over
 ModelConfig.positions = learned / sinusoidal / rope / alibi / none and SEED = 0, 1, 2, shortened
 to --steps (re-running it resumes). `eval`: the loss (nats per character) of each finished run
-on the whole validation split in disjoint windows of 64, 128, 256 and 512 characters (learned
+on the first --eval_chars characters of the validation split in disjoint windows of 64, 128, 256 and 512 characters (learned
 positions only up to their 64) through lm-eval's perplexity path
 (`lm-eval --tasks seqio:tiny_shakespeare_char:validation --seq_len L`), then prints the table of
 mean ± std over seeds, writes results.json and results.md here and draws length_extrapolation.png.
 """
 import argparse
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -34,20 +33,24 @@ def sweep_command(out_dir: str, steps: int, parallel: int) -> list[str]:
           "--gin.sample_after_training.num_tokens=0"]
 
 
-def evaluate_runs(out_dir: str) -> list[dict]:
-  """Validation loss at every length for each finished run (cached in RUN/eval/lengths.json)."""
+def evaluate_runs(out_dir: str, chars: int) -> list[dict]:
+  """Validation loss at every length for each finished run (cached in RUN/eval/lengths.json).
+
+  chars: the first characters of the validation split (one token each) to score.
+  """
   import lm
   from lm.data.documents import documents
-  from lm.evaluation.perplexity import perplexity_result, window_logprobs
+  from lm.evaluation.perplexity import window_logprobs
   from lm.sweep import collect
-  texts, docs_ids = documents("tiny_shakespeare_char", "validation")
+  _, (ids,) = documents("tiny_shakespeare_char", "validation")
+  docs_ids = [ids[:chars]]
   out = []
   for row in collect(out_dir):
     if row["status"] != "done":
       print(f"skip {row['name']}: {row['status']}")
       continue
     run_dir = os.path.join(out_dir, row["name"])
-    cache = os.path.join(run_dir, "eval", "lengths.json")
+    cache = os.path.join(run_dir, "eval", f"lengths_{len(docs_ids[0])}.json")
     if os.path.exists(cache):
       losses = json.load(open(cache))
     else:
@@ -56,9 +59,10 @@ def evaluate_runs(out_dir: str) -> list[dict]:
       for length in LENGTHS:
         if model.config.positions == "learned" and length > model.config.max_len:
           continue
+        # Disjoint windows of `length` (the first token after the BOS/EOS prefix): mean nats per
+        # character, what lm-eval reports as log(token_perplexity).
         lls = window_logprobs(model, docs_ids, seq_len=length)
-        ppl = perplexity_result(texts, docs_ids, lls).metrics["token_perplexity"]
-        losses[str(length)] = math.log(ppl)
+        losses[str(length)] = -float(lls.sum()) / len(docs_ids[0])
       os.makedirs(os.path.dirname(cache), exist_ok=True)
       json.dump(losses, open(cache, "w"))
     print(row["name"], {k: round(v, 4) for k, v in losses.items()}, flush=True)
@@ -121,6 +125,8 @@ def main():
   p.add_argument("--out_dir", default="/tmp/lm/length_extrapolation")
   p.add_argument("--steps", type=int, default=600)
   p.add_argument("--parallel", type=int, default=2)
+  p.add_argument("--eval_chars", type=int, default=32768,
+                 help="score the first N characters of the validation split (of 111,540)")
   a = p.parse_args()
   if a.stage in ("sweep", "all"):
     cmd = sweep_command(a.out_dir, a.steps, a.parallel)
@@ -129,12 +135,12 @@ def main():
     if code:
       print(f"lm-sweep: {code} run(s) failed or the sweep stopped", file=sys.stderr)
   if a.stage in ("eval", "all"):
-    runs = evaluate_runs(a.out_dir)
+    runs = evaluate_runs(a.out_dir, a.eval_chars)
     table = summarize(runs)
     md = markdown(table)
     print(md)
     with open(os.path.join(HERE, "results.json"), "w") as f:
-      json.dump({"steps": a.steps, "runs": runs}, f, indent=1)
+      json.dump({"steps": a.steps, "eval_chars": a.eval_chars, "runs": runs}, f, indent=1)
     with open(os.path.join(HERE, "results.md"), "w") as f:
       f.write(md)
     plot(table, os.path.join(HERE, "length_extrapolation.png"))

@@ -19,17 +19,12 @@ def group_curve(members: list[dict], key: str) -> tuple[list, list, list]:
   return steps, mean, std
 
 
-def write_curves(rows: list[dict], path: str) -> bool:
-  """Draws curves.png; False (and no file) when matplotlib is missing."""
-  try:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-  except ImportError:
-    print("note: no curves.png (matplotlib missing: pip install -e '.[sweep]')")
-    return False
-  fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-  for (values, members), color in zip(tables.groups(rows), _colors(plt)):
+def figure(rows: list[dict]):
+  """A matplotlib Figure (no pyplot, no backend switch): eval and train loss per grid point."""
+  from matplotlib.figure import Figure
+  fig = Figure(figsize=(12, 4.5))
+  axes = fig.subplots(1, 2)
+  for (values, members), color in zip(tables.groups(rows), _colors()):
     finished = [r for r in members if r["status"] == "done"] or members
     label = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in values.items()) or "all"
     for ax, key in zip(axes, ("eval/loss", "train/loss")):
@@ -47,14 +42,22 @@ def write_curves(rows: list[dict], path: str) -> bool:
     if ax.lines:
       ax.legend(fontsize=8)
   fig.tight_layout()
+  return fig
+
+
+def write_curves(rows: list[dict], path: str) -> bool:
+  """Draws curves.png; False (and no file) when matplotlib is missing."""
+  try:
+    fig = figure(rows)
+  except ImportError:
+    print("note: no curves.png (matplotlib missing: pip install -e '.[sweep]')")
+    return False
   fig.savefig(path, dpi=100, metadata={"Software": None})
-  plt.close(fig)
   return True
 
 
-def _colors(plt):
-  cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+def _colors():
   i = 0
   while True:
-    yield cycle[i % len(cycle)]
+    yield f"C{i % 10}"
     i += 1
