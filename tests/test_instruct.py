@@ -238,3 +238,24 @@ def test_token_id_zero_survives_packing(tmp_path):
   ids = list(vocab.encode(text)) + [vocab.eos_id]
   assert 0 in ids
   assert examples_of(read_rows(name, seq_len=64, batch_size=1)) == [(ids, [1] * len(ids))] * 3
+
+
+def test_instruct_gin_tokenizes_with_init_froms_tokenizer(trained_run, tmp_path):
+  """gin_configs/runs/instruct.gin: the task is registered in INIT_FROM's own vocabulary (the
+  run's character table) with the chosen template; no validation split when its pattern is ''."""
+  from conftest import REPO
+  from lm.cli.common import parse_gin
+  from lm.data.inputs import make_batches
+  path = write_jsonl(tmp_path / "t.jsonl", RECORDS)
+  parse_gin([f"{REPO}/gin_configs/runs/instruct.gin"],
+            [f"INIT_FROM = '{trained_run}'", f"INSTRUCT_TRAIN = '{path}'", "SEQ_LEN = 32",
+             "CHAT_TEMPLATE = 'completion'"])
+  cfg = InputConfig()
+  assert cfg.task == "instruct" and seqio.get_mixture_or_task("instruct").source.splits == (
+      "train",)
+  batch = next(make_batches(cfg, "train"))
+  vocab = char_vocab()  # what the trained run's tokenizer/chars.json holds
+  expected = sorted(tokenize_conversation(chat_templates.record_messages(r), vocab, "completion")
+                    for r in RECORDS)
+  found = examples_of([{k: v[r] for k, v in batch.items()} for r in range(len(batch["targets"]))])
+  assert found and all(example in expected for example in found)
