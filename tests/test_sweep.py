@@ -15,7 +15,7 @@ from nbclient import NotebookClient
 from conftest import REPO
 from lm.cli import sweep as sweep_cli
 from lm.errors import UserError
-from lm.sweep import collect, grid, results, tables
+from lm.sweep import collect, grid, results, run_sweep, tables
 
 # Children run with TensorFlow blocked (it is most of lm-train's start-up) on random tokens.
 NO_TF = """import sys
@@ -138,6 +138,26 @@ def test_ablation_notebook_executes_on_the_sweep(swept, monkeypatch):
   assert tables_md == [open(os.path.join(swept[0], "results.md")).read()]
   assert any("image/png" in o.get("data", {}) for o in outputs)
   assert "best: {'ModelConfig.positions': " in text
+
+
+def test_runs_in_parallel_with_the_wandb_group_and_name(tmp_path):
+  """Stand-in commands: each writes the W&B variables it got, waits for its sibling to start
+  (both run at once with --parallel 2) and exits 0 without training, which is a failure."""
+  script = ("import os, sys, time\n"
+            "open(sys.argv[1], 'w').write(os.environ['WANDB_RUN_GROUP'] + ' ' + os.environ['WANDB_NAME'])\n"
+            "deadline = time.time() + 60\n"
+            "while not os.path.exists(sys.argv[2]) and time.time() < deadline:\n"
+            "  time.sleep(0.05)\n")
+  runs = [{"name": f"r{i}", "point": {"X": i},
+           "command": [sys.executable, "-c", script, str(tmp_path / f"r{i}.txt"),
+                       str(tmp_path / f"r{1 - i}.txt")]} for i in range(2)]
+  lines = []
+  assert run_sweep(runs, str(tmp_path / "mysweep"), parallel=2, log=lines.append) == 2
+  assert lines[:2] == ["start r0", "start r1"]
+  assert [(tmp_path / f"r{i}.txt").read_text() for i in range(2)] == ["mysweep r0", "mysweep r1"]
+  rows = collect(str(tmp_path / "mysweep"))
+  assert [(r["status"], r["error"]) for r in rows] == [("failed", "exited before the final step")] * 2
+  assert (tmp_path / "mysweep" / "results.md").exists()
 
 
 def test_grid_product_zip_and_names():

@@ -64,7 +64,8 @@ def run_sweep(runs: list[dict], out_dir: str, parallel: int = 1, spec: dict | No
   if spec is not None:
     _write_json(os.path.join(out_dir, SWEEP_JSON), spec)
   env = dict(os.environ)
-  # Weights & Biases (when the runs enable it) groups them by the sweep's name.
+  # Weights & Biases (when the runs enable it) groups them by the sweep's name and names each
+  # by its run directory (wandb.init reads these variables).
   env["WANDB_RUN_GROUP"] = wandb_group or os.path.basename(os.path.abspath(out_dir))
   todo = []
   for index, run in enumerate(runs):
@@ -122,7 +123,8 @@ def _launch(index: int, run: dict, run_dir: str, env: dict, log) -> dict:
   with open(log_path, "ab") as out:
     out.write(f"$ {' '.join(run['command'])}\n".encode())
     out.flush()
-    proc = subprocess.Popen(run["command"], stdout=out, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(run["command"], stdout=out, stderr=subprocess.STDOUT,
+                            env={**env, "WANDB_NAME": run["name"]})
   log(f"start {run['name']}" + (f" (resuming at step {start_step})" if start_step else ""))
   return {"proc": proc, "run_dir": run_dir, "info": info, "offset": offset, "name": run["name"],
           "t0": time.monotonic()}
