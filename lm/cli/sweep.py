@@ -11,6 +11,7 @@ directories. Exit status: the number of failed runs (at most 100); 2 with an `er
 for a bad command line.
 """
 import argparse
+import os
 import sys
 
 from lm.cli.common import parse_args, run_main
@@ -33,8 +34,9 @@ def _main(argv):
     if args.grid or args.gin_file or args.out_dir or bindings:
       raise UserError("--report DIR takes no other flags")
     rows = sweep.write_report(args.report)
-    print(open(f"{args.report}/results.md").read(), end="")
-    return sum(r["status"] == "failed" for r in rows)
+    with open(os.path.join(args.report, "results.md")) as f:
+      print(f.read(), end="")
+    return min(sum(r["status"] == "failed" for r in rows), sweep.MAX_EXIT_STATUS)
   if not args.out_dir:
     raise UserError("give --out_dir (or --report DIR)")
   gin_flags = [f"--gin.{b.replace(' = ', '=', 1)}" for b in bindings]
@@ -50,7 +52,7 @@ def main(argv=None):
     code = run_main(lambda a: failed.append(_main(a)), argv)
   except KeyboardInterrupt:  # the runs were stopped and recorded as unfinished
     code = 130
-  raise SystemExit(code or min(failed[0], 100))
+  raise SystemExit(code or failed[0])
 
 
 if __name__ == "__main__":

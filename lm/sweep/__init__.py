@@ -4,7 +4,7 @@ grid: parsing and expanding `--grid NAME=[...]` flags; launch: running the point
 (resumable); results: rows and status read back from run directories; tables, plots: the
 report (results.csv, results.md, curves.png).
 """
-from lm.sweep.launch import prepare, run_sweep
+from lm.sweep.launch import MAX_EXIT_STATUS, prepare, run_sweep
 from lm.sweep.results import collect, run_status, write_report
 
-__all__ = ["prepare", "run_sweep", "collect", "run_status", "write_report"]
+__all__ = ["MAX_EXIT_STATUS", "prepare", "run_sweep", "collect", "run_status", "write_report"]
