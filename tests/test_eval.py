@@ -143,3 +143,18 @@ def test_unknown_task_and_missing_files_are_user_errors(model, tmp_path):
                                   seed=0, batch_size=1)
   with pytest.raises(UserError, match="no file matches"):
     registry.get_task(f"ppl:{tmp_path}/none*.txt")(model, data_dir=None)
+
+
+def test_seqio_perplexity_equals_score_rolling_on_the_same_text(trained_run):
+  import lm
+  from lm.data import documents
+  model = lm.load(trained_run)  # tiny_shakespeare_char, max_len 32
+  (text,), (ids,) = documents.documents("tiny_shakespeare_char", "validation")
+  assert ids == model.tokenizer.encode(text)  # the task's vocabulary is the model's
+  result = registry.get_task("seqio:tiny_shakespeare_char:validation")(
+      model, data_dir=None, batch_size=64, stride=24)
+  total = float(model.score_rolling([text], context_len=32 - 24 + 1, batch_tokens=16384)[0])
+  nbytes = len(text.encode("utf-8"))
+  assert result.num_examples == 1 and nbytes > 100_000
+  assert result.metrics["bits_per_byte"] == pytest.approx(-total / nbytes / math.log(2), 1e-5)
+  assert result.metrics["token_perplexity"] == pytest.approx(math.exp(-total / len(ids)), 1e-5)

@@ -143,3 +143,16 @@ def test_lm_eval_cli_user_errors(gpt2, capsys):
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
   assert not os.path.exists(os.path.join(lm_dir, "eval", "step_None.json"))
+
+
+def test_adapter_generate_until_cuts_greedy_text_at_the_first_stop_string(trained_run):
+  from lm_eval.api.instance import Instance
+  model = lm.load(trained_run)
+  prompts = ["ROMEO:", "First Citizen:\n"]
+  full = model.generate(prompts, max_new_tokens=12)  # greedy, no stop strings
+  stops = [[full[0][4:6], "QQQ"], ["QQQ"]]  # the first occurs in its text, "QQQ" nowhere
+  requests = [Instance("generate_until", {}, (p, {"until": u, "max_gen_toks": 12}), i)
+              for i, (p, u) in enumerate(zip(prompts, stops))]
+  out = HarnessLM(model).generate_until(requests)
+  assert out == [full[0][:full[0].find(stops[0][0])], full[1]]
+  assert len(out[0]) < len(full[0]) and len(full[1]) > 0
