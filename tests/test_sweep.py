@@ -236,3 +236,22 @@ def test_status_from_run_directory(tmp_path):
 def test_report_of_a_directory_without_runs_is_a_user_error(tmp_path):
   with pytest.raises(UserError, match="no sweep run directories"):
     results.write_report(str(tmp_path))
+
+
+def test_eval_task_metrics_become_columns(tmp_path):
+  run = tmp_path / "s" / "r0"
+  run.mkdir(parents=True)
+  (run / results.RUN_RECORD).write_text(json.dumps({"index": 0, "point": {"SEED": 0}, "attempts": [
+      {"returncode": None, "wall_s": 2.5, "error": None, "start_step": None}]}))
+  lines = [{"step": 10, "train/loss": 3.0, "train/tokens_per_sec": 5.0},
+           {"step": 10, "eval/loss": 2.9, "eval/perplexity": 18.2, "eval/arc_easy/acc": 0.25},
+           {"step": 20, "train/loss": 2.5, "train/tokens_per_sec": 7.0},
+           {"step": 20, "eval/loss": 2.95, "eval/perplexity": 19.1, "eval/arc_easy/acc": 0.5}]
+  (run / "metrics.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
+  (row,) = collect(str(tmp_path / "s"))
+  assert row["extra"] == {"eval/arc_easy/acc": 0.5}
+  assert (row["train_loss"], row["eval_loss_best"], row["eval_loss_final"]) == (2.5, 2.9, 2.95)
+  assert row["tokens_per_sec"] == 7.0 and row["wall_s"] == 2.5  # first window: compilation
+  tables.write_csv([row], str(tmp_path / "r.csv"))
+  header, line = open(tmp_path / "r.csv").read().splitlines()
+  assert header.endswith(",eval/arc_easy/acc,error") and line.endswith(",0.5,")
