@@ -44,18 +44,18 @@ def parse_gin(files, bindings):
   try:
     gin.parse_config_files_and_bindings(files, bindings, finalize_config=False)
   except (ValueError, IOError, SyntaxError) as e:
-    raise UserError(f"bad gin config: {_first_line(e)}") from None
+    raise UserError(f"bad gin config: {first_line(e)}") from None
 
 
-def _first_line(e: Exception) -> str:
+def first_line(e: Exception) -> str:
+  """An exception's first line (gin appends its call chain to messages)."""
   return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def run_main(fn, argv=None) -> int:
-  """Runs fn(argv); a UserError prints `error: message` and exits with status 2."""
+  """Runs fn(argv) -> exit status (None: 0); a UserError prints `error: message`, status 2."""
   try:
-    fn(argv)
-    return 0
+    return fn(argv) or 0
   except UserError as e:
-    print(f"error: {_first_line(e)}", file=sys.stderr)  # gin appends its call chain below
+    print(f"error: {first_line(e)}", file=sys.stderr)  # gin appends its call chain below
     return 2

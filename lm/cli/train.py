@@ -2,18 +2,28 @@
 
   lm-train --gin_file=gin_configs/runs/shakespeare_char_cpu.gin --model_dir=/tmp/lm/run \
       [--gin.TRAIN_STEPS=500 ...] [--coordinator_address=host:port --num_processes=N --process_id=i]
+      [--verbose]
+
+Exit status: 0 done; 2 a user error (one `error:` line, nothing written); 1 training halted
+(non-finite loss, a checkpoint that cannot be written); 128 + signal after SIGTERM/SIGINT
+(a checkpoint was saved: run the same command to resume).
 """
 import argparse
+import logging
 import os
+import sys
 
 import gin
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from lm.cli.common import parse_args, parse_gin, run_main
+from lm.cli.common import first_line, parse_args, parse_gin, run_main
 from lm.errors import UserError
-from lm.training import loop
+from lm.training import console, loop
+from lm.training.checkpoints import CheckpointWriteError
+from lm.training.guards import TrainingHalted
+from lm.training.preemption import Preempted
 
 
 @gin.configurable
@@ -66,9 +76,32 @@ def _main(argv):
   parser.add_argument("--coordinator_address", help="host:port of process 0 (multi-host)")
   parser.add_argument("--num_processes", type=int)
   parser.add_argument("--process_id", type=int)
+  parser.add_argument("--verbose", action="store_true",
+                      help="show TensorFlow/XLA/absl start-up logs and library INFO logs")
   args, bindings = parse_args(parser, argv)
   if not args.gin_file:
     raise UserError("give at least one --gin_file")
+  if args.verbose:
+    return _train(args, bindings)
+  console.hide_native_logs()  # until training starts (lm.training.console)
+  levels = {name: logging.getLogger(name).level for name in ("", "absl")}
+  logging.getLogger().setLevel(logging.ERROR)  # library INFO and WARNING lines
+  logging.getLogger("absl").setLevel(logging.CRITICAL)  # orbax's tracebacks of what we report
+  failed = True
+  try:
+    code = _train(args, bindings)
+    failed = False
+    return code
+  except (UserError, TrainingHalted):
+    failed = False  # explained in one line
+    raise
+  finally:
+    console.show_native_logs(replay=failed)
+    for name, level in levels.items():
+      logging.getLogger(name).setLevel(level)
+
+
+def _train(args, bindings) -> int:
   if args.coordinator_address:
     # Collectives between CPU processes need gloo; GPU/TPU backends ignore this setting.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -81,8 +114,20 @@ def _main(argv):
     print(f"note: SeqIO input unavailable ({e}); use lm.data.arrays inputs")
   parse_gin(args.gin_file, bindings)
   host_devices()
-  result = loop.train(args.model_dir)
+  try:
+    result = loop.train(args.model_dir)
+  except TrainingHalted as e:
+    prefix = "" if isinstance(e, Preempted) else "error: "
+    print(f"{prefix}{first_line(e)}", file=sys.stderr)
+    if isinstance(e, CheckpointWriteError):
+      # Orbax's writes still pending print asyncio tracebacks at interpreter teardown; what is
+      # on disk is final (the earlier checkpoints), so end here.
+      sys.stdout.flush()
+      sys.stderr.flush()
+      os._exit(e.exit_code)
+    return e.exit_code
   sample_after_training(result)
+  return 0
 
 
 def main(argv=None):
