@@ -112,16 +112,18 @@ def _init_state(group):
   return node, (min(node, neighbours[0]), neighbours, True)
 
 
-def _send_label(item):
-  _, (label, neighbours, _) = item
+def _messages(item):
+  """The node's own state, and its label to each neighbour."""
+  node, (label, neighbours, _) = item
+  yield node, (label, neighbours)
   for neighbour in neighbours:
-    yield neighbour, label
+    yield neighbour, (label, None)
 
 
 def _update(group):
-  node, joined = group
-  (label, neighbours, _), = joined["state"]
-  new = min([label] + list(joined["label"]))
+  node, messages = group
+  (label, neighbours), = [m for m in messages if m[1] is not None]
+  new = min(m[0] for m in messages)
   return node, (new, neighbours, new != label)
 
 
@@ -143,10 +145,11 @@ class ConnectedComponents(beam.PTransform):
     state = (edges | "Undirected" >> beam.FlatMap(_both_directions)
              | "Adjacency" >> beam.GroupByKey()
              | "InitLabels" >> beam.Map(_init_state))
+    # One grouping of one collection per round: a join (CoGroupByKey) would
+    # flatten two, which doubles the Dask runner's partitions every round.
     for r in range(self._rounds):
-      state = ({"state": state,
-                "label": state | f"Send{r}" >> beam.FlatMap(_send_label)}
-               | f"Join{r}" >> beam.CoGroupByKey()
+      state = (state | f"Send{r}" >> beam.FlatMap(_messages)
+               | f"Group{r}" >> beam.GroupByKey()
                | f"Update{r}" >> beam.Map(_update))
     # No default for an empty input: a default is a side input, which not
     # every runner supports (Dask); the report reads a missing count as 0.

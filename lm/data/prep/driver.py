@@ -138,6 +138,18 @@ def _read_json(path: str) -> dict:
     return json.loads(f.read())
 
 
+def _run(p: beam.Pipeline) -> None:
+  """Runs `p` to the end; closes the Dask runner's client (it would try to
+  reconnect to a cluster that goes away)."""
+  result = p.run()
+  try:
+    result.wait_until_finish()
+  finally:
+    client = getattr(result, "client", None)
+    if client is not None:
+      client.close()
+
+
 def run(cfg: PrepConfig, beam_args: Optional[List[str]] = None,
         num_workers: int = 1) -> dict:
   """Runs the whole preparation; returns the report (also in report.json).
@@ -155,8 +167,9 @@ def run(cfg: PrepConfig, beam_args: Optional[List[str]] = None,
     num_shards = cfg.num_shards or pipeline.auto_num_shards(files)
     num_parts = pipeline.auto_num_shards(files, pipeline.PARTITION_BYTES)
     ranges = readers.plan_ranges(files, cfg.read.range_bytes)
-    with beam.Pipeline(options=options) as p:
-      pipeline.build(p, cfg, ranges, tmp, num_shards, num_parts)
+    p = beam.Pipeline(options=options)
+    pipeline.build(p, cfg, ranges, tmp, num_shards, num_parts)
+    _run(p)
     stats_file = f"{tmp}/{pipeline.STATS_FILE}"
     stats = (_read_json(stats_file) if FileSystems.exists(stats_file)
              else {})  # No documents at all.
@@ -168,10 +181,11 @@ def run(cfg: PrepConfig, beam_args: Optional[List[str]] = None,
       spm.train_spm(_kept_files(tmp), model, cfg.spm_vocab_size,
                     int(stats.get("output/chars_out", 0)),
                     cfg.spm_sample_chars)
-      with beam.Pipeline(options=options) as p:
-        _ = (spm.count_tokens(p, _kept_files(tmp), model,
-                              cfg.validation_fraction)
-             | beam.Map(pipeline.write_json, f"{tmp}/_tokens.json"))
+      p = beam.Pipeline(options=options)
+      _ = (spm.count_tokens(p, _kept_files(tmp), model,
+                            cfg.validation_fraction)
+           | beam.Map(pipeline.write_json, f"{tmp}/_tokens.json"))
+      _run(p)
       if FileSystems.exists(f"{tmp}/_tokens.json"):  # Else no kept files.
         stats.update(_read_json(f"{tmp}/_tokens.json"))
         FileSystems.delete([f"{tmp}/_tokens.json"])
