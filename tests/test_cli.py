@@ -86,6 +86,29 @@ def _files_task(tmp_path, name, content: bytes):
     (["--gin.ModelConfig.vocab_size=60"],
      "ModelConfig.vocab_size=60 is smaller than the vocabulary of task 'tiny_shakespeare_char' "
      "(68 tokens)"),
+    # Numeric knobs, checked before anything runs (lm/training/validate.py).
+    (["--gin.BATCH_SIZE=0"], "BATCH_SIZE (batch_size) must be a positive integer, got 0"),
+    (["--gin.TRAIN_STEPS=0"], "TRAIN_STEPS (train.steps) must be a positive integer, got 0"),
+    (["--gin.TRAIN_STEPS=2.5"], "TRAIN_STEPS (train.steps) must be a positive integer, got 2.5"),
+    (["--gin.SEQ_LEN=-4"], "SEQ_LEN (seq_len) must be a positive integer, got -4"),
+    (["--gin.LEARNING_RATE=-0.1"],
+     "LEARNING_RATE (OptimizerConfig.learning_rate) must be a finite number >= 0.0, got -0.1"),
+    (["--gin.LEARNING_RATE=1e999"], "must be a finite number >= 0.0, got inf"),
+    (["--gin.OptimizerConfig.decay_steps=50"],
+     "OptimizerConfig.warmup_steps=100 is longer than OptimizerConfig.decay_steps=50"),
+    (["--gin.OptimizerConfig.warmup_steps=-1"], "OptimizerConfig.warmup_steps must be an integer"),
+    (["--gin.OptimizerConfig.b2=1.0"], "OptimizerConfig.b2 must be a finite number >= 0.0 and < 1.0"),
+    (["--gin.LOG_EVERY=0"], "LOG_EVERY (train.log_every) must be a positive integer, got 0"),
+    (["--gin.EVAL_EVERY=-1"], "EVAL_EVERY (train.eval_every) (0: only at the end) must be an "
+     "integer >= 0, got -1"),
+    (["--gin.EVAL_STEPS=-2"], "EVAL_STEPS (train.eval_steps) (0: no evals) must be an integer"),
+    (["--gin.CHECKPOINT_EVERY=0"], "CHECKPOINT_EVERY (train.checkpoint_every) must be a positive"),
+    (["--gin.train.keep_checkpoints=0"], "train.keep_checkpoints must be a positive integer"),
+    (["--gin.train.grad_accum_steps=0"], "train.grad_accum_steps must be a positive integer"),
+    (["--gin.train.grad_accum_steps=3"],
+     "BATCH_SIZE=8 is not divisible by grad_accum_steps=3"),
+    (["--gin.LossConfig.label_smoothing=1.0"], "LossConfig.label_smoothing must be a finite"),
+    (["--gin.train.nonfinite='ignore'"], "train.nonfinite must be 'stop' or 'skip', got 'ignore'"),
 ])
 def test_bad_flags(trained_run, in_repo, capsys, extra, message):
   before = _snapshot(trained_run)

@@ -34,7 +34,8 @@ def test_relative_model_dir_trains_past_a_checkpoint_and_resumes(tmp_path, monke
   monkeypatch.chdir(tmp_path)
   short = ["--gin.CHECKPOINT_EVERY=2", "--gin.LOG_EVERY=1", "--gin.EVAL_EVERY=0",
            "--gin.EVAL_STEPS=1", "--gin.sample_after_training.num_tokens=0",
-           "--gin.OptimizerConfig.decay_steps=6"]  # explicit: the run may be extended
+           "--gin.OptimizerConfig.decay_steps=6",  # explicit: the run may be extended
+           "--gin.OptimizerConfig.warmup_steps=2"]  # (no longer than decay_steps)
   _train("runs/x", "--gin.TRAIN_STEPS=4", *short)
   run = tmp_path / "runs" / "x"
   assert sorted(os.listdir(run / "checkpoints")) == ["2", "4"]
