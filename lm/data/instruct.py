@@ -15,6 +15,7 @@ is logged once per task and length (`overlong_counts`). Examples are never split
 import functools
 import json
 import logging
+import os
 from typing import Mapping
 
 import gin
@@ -32,6 +33,7 @@ LOSS_WEIGHTS = "loss_weights"
 OVERLONG = ("drop", "truncate")
 _WEIGHTS_FEATURE = seqio.Feature(seqio.PassThroughVocabulary(2), add_eos=False, dtype=tf.int32)
 _logged = set()
+_tokenized = {}  # (files' paths, mtimes and sizes, vocabulary id, template) -> (vocabulary, splits)
 log = logging.getLogger(__name__)
 
 
@@ -109,8 +111,19 @@ def overlong_counts(lengths: Mapping[str, np.ndarray], seq_len: int) -> dict:
 
 
 def _read_split(pattern: str, vocabulary, template: str):
+  """(ids, weights, offsets) of every record of the files matching `pattern`."""
+  paths = check_files(pattern, "text", "text")
+  stamps = tuple((p, os.stat(p).st_mtime_ns, os.stat(p).st_size) for p in paths)
+  # gin builds InputConfig (so registers the task) more than once: tokenize unchanged files once
+  key = (stamps, id(vocabulary), template)
+  if key not in _tokenized or _tokenized[key][0] is not vocabulary:
+    _tokenized[key] = vocabulary, _tokenize_files(stamps, vocabulary, template, pattern)
+  return _tokenized[key][1]
+
+
+def _tokenize_files(stamps, vocabulary, template: str, pattern: str):
   ids, weights, offsets = [], [], [0]
-  for path in check_files(pattern, "text", "text"):
+  for path, _, _ in stamps:
     with _open(path) as f:
       for line_no, raw in enumerate(f, 1):
         line = raw.decode("utf-8")
