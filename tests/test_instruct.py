@@ -259,3 +259,18 @@ def test_instruct_gin_tokenizes_with_init_froms_tokenizer(trained_run, tmp_path)
                     for r in RECORDS)
   found = examples_of([{k: v[r] for k, v in batch.items()} for r in range(len(batch["targets"]))])
   assert found and all(example in expected for example in found)
+
+
+def test_instruct_reader_resumes_where_it_stopped(tmp_path):
+  """The saved reader state (in every checkpoint) restores the exact next training batch."""
+  name = register_instruct_task(
+      "instruct_resume", {"train": write_jsonl(tmp_path / "t.jsonl", RECORDS)}, char_vocab())
+  cfg = InputConfig(task=name, batch_size=2, seq_len=32, shuffle_buffer_size=4)
+  first = SeqioBatches(cfg, "train", shuffle=True, seed=3)
+  for _ in range(5):  # past one epoch of 8 examples
+    next(first)
+  resumed = SeqioBatches(cfg, "train", shuffle=True, seed=3, start=first.state)
+  for _ in range(3):
+    expected, got = next(first), next(resumed)
+    for key in expected:
+      np.testing.assert_array_equal(got[key], expected[key])
