@@ -33,6 +33,7 @@ from lm.errors import UserError
 
 REFERENCE_MODES = ("cached", "online", "none")
 CACHE_FILE = "reference_logps.npz"
+GENERATION_FILE = "generation_config.json"
 
 
 @gin.configurable
@@ -222,12 +223,18 @@ class PreferenceBatches:
 
   def start_run(self, model_dir: str):
     """Called by lm-train once the run directory is made: cache the reference log-probs of
-    the training split there and give the run the reference's tokenizer (for lm.load)."""
+    the training split there and give the run the reference's tokenizer and
+    generation_config.json (for lm.load)."""
     if self.train and self.cfg.reference_logps == "cached":
       self._cache_path = os.path.join(model_dir, CACHE_FILE)
+    if jax.process_index() != 0:
+      return
     target = tokenizers.tokenizer_dir(model_dir)
-    if jax.process_index() == 0 and not os.path.exists(target):
+    if not os.path.exists(target):
       shutil.copytree(tokenizers.tokenizer_dir(self.reference_dir), target)
+    config = os.path.join(self.reference_dir, GENERATION_FILE)  # an import's EOS ids
+    if os.path.exists(config) and not os.path.exists(os.path.join(model_dir, GENERATION_FILE)):
+      shutil.copy(config, os.path.join(model_dir, GENERATION_FILE))
 
   def restore(self, batches: int):
     self.state = batches
