@@ -9,8 +9,8 @@ import os
 import pytest
 
 from lm.cli import prep as cli
-from lm.data.prep import driver, synthetic
-from lm.data.prep.config import PrepConfig
+from lm.data.prep import driver, readers, synthetic
+from lm.data.prep.config import PrepConfig, ReadConfig
 
 
 def read_dir(out):
@@ -40,7 +40,8 @@ def file_bytes(out):
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
-  """2,300 documents of 100-150 words with planted duplicates, run 3 times."""
+  """2,300 documents of 100-150 words with planted duplicates in 4 .jsonl.gz
+  files, run 3 times."""
   root = tmp_path_factory.mktemp("planted")
   corpus = synthetic.make_corpus(2000, 100, 200, seed=1, words=(100, 150))
   synthetic.write_jsonl(corpus.docs, str(root / "in"), 4)
@@ -48,7 +49,9 @@ def planted(tmp_path_factory):
                    output_dir=str(root / "a"), num_shards=3)
   report = driver.run(cfg, num_workers=1)
   driver.run(dataclasses.replace(cfg, output_dir=str(root / "b")))
-  driver.run(dataclasses.replace(cfg, output_dir=str(root / "c")),
+  # Two workers sharing each file as ~20 ranges.
+  driver.run(dataclasses.replace(cfg, output_dir=str(root / "c"),
+                                 read=ReadConfig(range_bytes=20_000)),
              num_workers=2)
   return corpus, report, root
 
@@ -84,8 +87,10 @@ def test_every_document_kept_or_removed_exactly_once(planted):
   assert report["near_dedup_unconverged"] == 0
 
 
-def test_output_is_identical_across_runs_and_worker_counts(planted):
+def test_output_is_identical_across_runs_worker_counts_and_ranges(planted):
   _, _, root = planted
+  files = readers.expand_inputs([str(root / "in" / "*.jsonl.gz")])
+  assert len(files) == 4 and len(readers.plan_ranges(files, 20_000)) > 40
   a = file_bytes(root / "a")
   assert len(a) == 6  # 3 shards of kept + 3 of removed documents.
   assert a == file_bytes(root / "b")

@@ -9,7 +9,7 @@ from lm.data.prep import minhash, synthetic
 from lm.data.prep.config import CleanConfig, NormalizeConfig, ReadConfig
 from lm.data.prep.normalize import normalize_text
 from lm.data.prep.pii import scrub_pii
-from lm.data.prep.readers import read_file
+from lm.data.prep.readers import plan_ranges, read_file, read_range
 
 
 def test_pii_planted_values_are_replaced():
@@ -104,6 +104,31 @@ def test_read_txt_paragraphs_and_empty_file(tmp_path):
   empty = _write(tmp_path / "e.txt", b"")
   assert [d["text"] for d in read_file(empty, ReadConfig())] == [""]
   assert list(read_file(_write(tmp_path / "e.jsonl", b""), ReadConfig())) == []
+
+
+@pytest.mark.parametrize("name", ["r.jsonl", "r.jsonl.gz"])
+@pytest.mark.parametrize("range_bytes", [97, 1000, 30_000])
+def test_ranges_read_the_same_documents_as_the_whole_file(tmp_path, name,
+                                                          range_bytes):
+  import gzip
+  rng = random.Random(range_bytes)
+  lines = [b"", b"   ", b"not json", b'{"id": 7, "text": "x"}'] + [
+      ('{"text": "%s"}' % ("w " * rng.randint(0, 200))).encode()
+      for _ in range(300)]
+  rng.shuffle(lines)
+  data = b"\n".join(lines)  # No final newline.
+  raw = gzip.compress(data) if name.endswith(".gz") else data
+  f = _write(tmp_path / name, raw)
+  ranges = plan_ranges([f], range_bytes)
+  # Ranges tile the decompressed file (a file under range_bytes / 4 on disk
+  # is one range); every line is read exactly once, with the key and id of
+  # a whole-file read.
+  step = range_bytes if len(raw) > range_bytes // 4 else len(data)
+  assert [r[1] for r in ranges] == list(range(0, len(data), step))
+  assert [r[2] for r in ranges] == [r[1] for r in ranges[1:]] + [None]
+  whole = list(read_file(f, ReadConfig()))
+  assert len(whole) == 300 + 2
+  assert [d for r in ranges for d in read_range(r, ReadConfig())] == whole
 
 
 def test_read_truncated_gzip_is_a_recorded_error(tmp_path):

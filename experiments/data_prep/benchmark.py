@@ -2,12 +2,18 @@
 and HF datatrove side by side on the same synthetic corpus.
 
   python experiments/data_prep/benchmark.py [--sizes_mb 50,200] [--workers 1,2]
-      [--datatrove_python /work/venv-dt/bin/python]   (or $DATATROVE_PYTHON)
+      [--dask_workers 2] [--datatrove_python /work/venv-dt/bin/python]
+      (or $DATATROVE_PYTHON)
 
 The corpus: distinct documents of 400-800 words sharing boilerplate lines,
 plus 2 % exact copies and 5 % near copies (3 % of words replaced, two lines
 swapped). Stage rates are per CPU-second summed over workers; totals are wall
-clock. Peak memory is the summed RSS of the whole process tree.
+clock. Peak memory is the summed RSS of the whole process tree (for Dask:
+lm-prep's tree plus the local cluster's worker processes; the scheduler runs
+in this process and is not counted). With 1 worker, the peak RSS of the
+largest corpus over the smallest's is printed (lm-prep's target: <= 1.2).
+The Dask row runs the smallest corpus on Beam's DaskRunner against a local
+dask.distributed cluster of --dask_workers processes.
 """
 
 import argparse
@@ -42,8 +48,9 @@ def build_corpus(work, size_mb, seed):
     return out, json.load(f)
 
 
-def run_measured(cmd, env=None):
-  """Runs cmd; returns (seconds, peak summed RSS of the tree in MB, stdout)."""
+def run_measured(cmd, env=None, also=()):
+  """Runs cmd; returns (seconds, peak summed RSS in MB of its tree and of the
+  `also` processes, stdout)."""
   start, peak = time.time(), [0]
   proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True, env=env)
@@ -52,7 +59,7 @@ def run_measured(cmd, env=None):
   def sample():
     while proc.poll() is None:
       try:
-        procs = [parent] + parent.children(recursive=True)
+        procs = [parent] + parent.children(recursive=True) + list(also)
         peak[0] = max(peak[0], sum(p.memory_info().rss for p in procs))
       except psutil.Error:
         pass
@@ -91,13 +98,25 @@ def dup_quality(kept, truth):
           len(exact & dropped) / len(exact))
 
 
-def run_lm_prep(corpus, out, workers, extra=()):
+def run_lm_prep(corpus, out, workers, extra=(), also=()):
   cmd = [sys.executable, "-m", "lm.cli.prep", "--input",
          f"{corpus}/*.jsonl.gz", "--output_dir", out, "--overwrite",
          "--num_workers", str(workers), *extra]
-  seconds, peak, _ = run_measured(cmd)
+  seconds, peak, _ = run_measured(cmd, also=also)
   with open(os.path.join(out, "report.json")) as f:
     return seconds, peak, json.load(f)
+
+
+def run_lm_prep_dask(corpus, out, workers):
+  """lm-prep on Beam's DaskRunner against a local cluster started here."""
+  import distributed
+  with distributed.LocalCluster(n_workers=workers, threads_per_worker=1,
+                                processes=True, dashboard_address=None
+                                ) as cluster:
+    procs = psutil.Process().children(recursive=True)
+    return run_lm_prep(corpus, out, workers, [
+        "--runner=apache_beam.runners.dask.dask_runner.DaskRunner",
+        f"--dask_client_address={cluster.scheduler_address}"], also=procs)
 
 
 def run_datatrove(python, corpus, work, workers):
@@ -135,6 +154,8 @@ def main():
   p.add_argument("--datatrove_python", default=os.environ.get(
       "DATATROVE_PYTHON", "/work/venv-dt/bin/python"))
   p.add_argument("--no_curve", action="store_true")
+  p.add_argument("--dask_workers", type=int, default=2,
+                 help="Dask row on the smallest corpus (0: none)")
   args = p.parse_args()
   have_dt = os.path.exists(args.datatrove_python)
   if not have_dt:
@@ -144,27 +165,39 @@ def main():
     corpus, truth = build_corpus(args.work_dir, size, seed=size)
     mb = sum(os.path.getsize(os.path.join(corpus, f))
              for f in os.listdir(corpus)) / 1e6
-    for workers in map(int, args.workers.split(",")):
-      out = os.path.join(args.work_dir, f"out-{size}-{workers}")
-      seconds, peak, rep = run_lm_prep(corpus, out, workers)
+    runs = [("lm-prep", w) for w in map(int, args.workers.split(","))]
+    if args.dask_workers and size == min(map(int, args.sizes_mb.split(","))):
+      runs.append(("lm-prep on Dask", args.dask_workers))
+    for tool, workers in runs:
+      out = os.path.join(args.work_dir, f"out-{size}-{workers}" + (
+          "-dask" if tool.endswith("Dask") else ""))
+      run = run_lm_prep_dask if tool.endswith("Dask") else run_lm_prep
+      load = os.getloadavg()[0]
+      seconds, peak, rep = run(corpus, out, workers)
       kept, _ = kept_and_removed(out)
       text_mb = rep["stages"][0]["chars_in"] / 1e6
       docs = rep["stages"][0]["docs_in"]
       recall, precision, exact = dup_quality(kept, truth)
-      print(f"\nlm-prep, {size} MB corpus ({text_mb:.0f} MB text, {docs:,} "
+      load = max(load, os.getloadavg()[0])
+      print(f"\n{tool}, {size} MB corpus ({text_mb:.0f} MB text, {docs:,} "
             f"docs, {mb:.0f} MB gzip), {workers} worker(s): {seconds:.1f} s, "
             f"{docs / seconds:,.0f} docs/s, {text_mb / seconds:.2f} MB/s, "
-            f"peak RSS {peak:,.0f} MB")
+            f"peak RSS {peak:,.0f} MB; load average {load:.1f}")
       print("| stage | docs/CPU-s | MB/CPU-s |\n|---|---|---|")
       for s in rep["stages"]:
         if s["cpu_seconds"]:
           print(f"| {s['stage']} | {s['docs_in'] / s['cpu_seconds']:,.0f} | "
                 f"{s['chars_in'] / 1e6 / s['cpu_seconds']:.2f} |")
-      row = {"size": size, "workers": workers, "tool": "lm-prep",
+      row = {"size": size, "workers": workers, "tool": tool,
              "seconds": seconds, "peak": peak, "docs": docs, "mb": text_mb,
-             "recall": recall, "precision": precision, "exact": exact}
+             "recall": recall, "precision": precision, "exact": exact,
+             "load": load}
       rows.append(row)
-      if have_dt and size == max(map(int, args.sizes_mb.split(","))):
+      if tool.endswith("Dask"):
+        same = kept == kept_and_removed(
+            os.path.join(args.work_dir, f"out-{size}-1"))[0]
+        print(f"Dask kept the same ids as the local runner: {same}")
+      if have_dt and tool == "lm-prep" and size == max(map(int, args.sizes_mb.split(","))):
         dt_s, dt_peak, dt_kept, dt_steps = run_datatrove(
             args.datatrove_python, corpus,
             os.path.join(args.work_dir, f"dt-{size}-{workers}"), workers)
@@ -175,15 +208,23 @@ def main():
                      "overlap": len(kept & dt_kept) / len(kept | dt_kept)})
         print("datatrove steps (s):", {k: round(v, 1)
                                        for k, v in dt_steps.items()})
-  print("\n| tool | corpus | workers | wall s | docs/s | MB/s | peak RSS MB "
-        "| near recall | near precision | exact recall | kept-id overlap |")
-  print("|---" * 11 + "|")
+  print("\n| tool | corpus (text) | workers | wall s | docs/s | MB/s | "
+        "peak RSS MB | near recall | near precision | exact recall | "
+        "kept-id overlap | load avg |")
+  print("|---" * 12 + "|")
   for r in rows:
-    print(f"| {r['tool']} | {r['size']} MB | {r['workers']} | "
+    print(f"| {r['tool']} | {r['mb']:.0f} MB | {r['workers']} | "
           f"{r['seconds']:.1f} | {r['docs'] / r['seconds']:,.0f} | "
           f"{r['mb'] / r['seconds']:.2f} | {r['peak']:,.0f} | "
           f"{r['recall']:.4f} | {r['precision']:.4f} | {r['exact']:.4f} | "
-          f"{r.get('overlap', float('nan')):.4f} |")
+          f"{r.get('overlap', float('nan')):.4f} | "
+          f"{r.get('load', float('nan')):.1f} |")
+  single = [r for r in rows if r["tool"] == "lm-prep" and r["workers"] == 1]
+  if len(single) > 1:
+    small, large = single[0], single[-1]
+    print(f"\npeak RSS, 1 worker: {large['mb'] / small['mb']:.1f}x the text "
+          f"-> {large['peak'] / small['peak']:.2f}x the memory "
+          f"({small['peak']:,.0f} -> {large['peak']:,.0f} MB)")
   if not args.no_curve:
     threshold_curve(args.work_dir)
 
