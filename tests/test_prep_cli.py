@@ -46,6 +46,7 @@ def test_text_key_publishes_the_processed_text(tmp_path):
     (["--audit_terms", "{tmp}/bad.json"], "--audit_terms .*bad.json"),
     (["--near_rows", "0"], "--near_rows"),
     (["--near_bands", "0"], "--near_bands"),
+    (["--range_bytes", "0"], "--range_bytes must be >= 1"),
 ])
 def test_bad_side_files_and_lsh_settings_fail_before_running(tmp_path, capsys, flags, message):
   (tmp_path / "in.txt").write_text("some text")
