@@ -257,6 +257,8 @@ def test_instruct_gin_tokenizes_with_init_froms_tokenizer(trained_run, tmp_path)
   vocab = char_vocab()  # what the trained run's tokenizer/chars.json holds
   expected = sorted(tokenize_conversation(chat_templates.record_messages(r), vocab, "completion")
                     for r in RECORDS)
+  with pytest.raises(UserError, match="no 'validation' split: .*INSTRUCT_VALIDATION"):
+    make_batches(cfg, "validation")
   found = examples_of([{k: v[r] for k, v in batch.items()} for r in range(len(batch["targets"]))])
   assert found and all(example in expected for example in found)
 

@@ -80,6 +80,10 @@ class TokenizedSource(seqio.DataSource):
 
   def get_dataset(self, split="train", shuffle=True, seed=None, shard_info=None, **unused):
     del shuffle, seed, unused  # the task shuffles examples through its buffer
+    if split not in self.examples:
+      raise UserError(f"the instruction task has no {split!r} split: give its files (in "
+                      f"instruct.gin: INSTRUCT_{split.upper()})" +
+                      ("" if split == "train" else ", or set EVAL_STEPS=0"))
     ids, weights, offsets = (tf.constant(a) for a in self.examples[split])
     ds = tf.data.Dataset.range(len(self.examples[split][2]) - 1)
     if shard_info:
