@@ -1,10 +1,8 @@
 """lm.data.vocabularies.model_vocabulary: a SeqIO task tokenized with a model directory's own
 tokenizer gives exactly that tokenizer's ids (HF tokenizer.json, char table, SentencePiece)."""
 import json
-import os
 
 import gin
-import numpy as np
 import pytest
 import seqio
 import tensorflow as tf
