@@ -1,12 +1,15 @@
-"""Checkpoints resume bit-exactly, reshard across meshes, and skip half-written steps."""
+"""Checkpoints resume bit-exactly (after SIGKILL and SIGTERM), reshard across meshes, and skip
+half-written steps."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 
 import jax
 import numpy as np
+import pytest
 
 from lm.training.checkpoints import Checkpointer
 from conftest import REPO
@@ -53,19 +56,69 @@ train.main(sys.argv[1:])
 """
 
 
-def test_sigkill_and_resume_is_bit_exact(tmp_path):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
-  straight, killed = tmp_path / "straight", tmp_path / "killed"
-  subprocess.run(_train_cmd(straight), cwd=REPO, env=env, check=True, capture_output=True)
-  crash = subprocess.run([sys.executable, "-c", _KILL_AT_25] + _train_cmd(killed)[3:],
-                         cwd=REPO, env=env, capture_output=True)
-  assert crash.returncode == -signal.SIGKILL
-  assert max(_losses(killed)) == 25
-  subprocess.run(_train_cmd(killed), cwd=REPO, env=env, check=True, capture_output=True)
+_ENV = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
 
-  expected, got = _losses(straight), _losses(killed)
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+  """RUN's 40 steps uninterrupted (a subprocess); its MODEL_DIR."""
+  straight = tmp_path_factory.mktemp("straight") / "run"
+  subprocess.run(_train_cmd(straight), cwd=REPO, env=_ENV, check=True, capture_output=True)
+  return straight
+
+
+def _assert_same_losses(run, straight):
+  expected, got = _losses(straight), _losses(run)
   assert sorted(got) == sorted(expected) == list(range(1, 41))
   assert [got[s] for s in range(1, 41)] == [expected[s] for s in range(1, 41)]
+
+
+def test_sigkill_and_resume_is_bit_exact(tmp_path, straight_run):
+  killed = tmp_path / "killed"
+  crash = subprocess.run([sys.executable, "-c", _KILL_AT_25] + _train_cmd(killed)[3:],
+                         cwd=REPO, env=_ENV, capture_output=True)
+  assert crash.returncode == -signal.SIGKILL
+  assert max(_losses(killed)) == 25
+  # The dead run's lock on MODEL_DIR went with it: the resume is not refused.
+  subprocess.run(_train_cmd(killed), cwd=REPO, env=_ENV, check=True, capture_output=True)
+  _assert_same_losses(killed, straight_run)
+
+
+# Runs lm-train and sends itself SIGTERM while logging step 25 (a preemption notice arriving
+# mid-run): the loop saves checkpoint 25 and exits with 128 + SIGTERM.
+_TERM_AT_25 = """
+import os, signal, sys
+from lm.cli import train
+from lm.training import loop
+write = loop.MetricsWriter.write
+def write_then_term(self, step, scalars):
+  write(self, step, scalars)
+  if step == 25:
+    os.kill(os.getpid(), signal.SIGTERM)
+loop.MetricsWriter.write = write_then_term
+train.main(sys.argv[1:])
+"""
+_NATIVE_LOG = re.compile(r"^[IWEF]\d{4} |absl::InitializeLog|^WARNING|^ERROR|Traceback")
+
+
+def test_sigterm_saves_and_resume_is_bit_exact(tmp_path, straight_run):
+  run = tmp_path / "run"
+  term = subprocess.run([sys.executable, "-c", _TERM_AT_25] + _train_cmd(run)[3:],
+                        cwd=REPO, env=_ENV, capture_output=True, text=True)
+  assert term.returncode == 128 + signal.SIGTERM, term.stderr
+  assert term.stderr.strip().splitlines()[-1] == (
+      f"stopped by SIGTERM at step 25: checkpoint saved in {run}/checkpoints; run the same "
+      "command to resume")
+  assert sorted(os.listdir(run / "checkpoints")) == ["20", "25"]
+  resume = subprocess.run(_train_cmd(run), cwd=REPO, env=_ENV, capture_output=True, text=True)
+  assert resume.returncode == 0, resume.stderr
+  _assert_same_losses(run, straight_run)
+  # Start-up noise: stderr holds the progress bar and the warmup warning, no native logs.
+  lines = [l for l in resume.stderr.replace("\r", "\n").splitlines() if l.strip()]
+  assert not [l for l in lines if _NATIVE_LOG.search(l)], resume.stderr
+  assert [l for l in lines if "%|" not in l] == [
+      "warning: OptimizerConfig.warmup_steps=100 is longer than TRAIN_STEPS=40: the learning "
+      "rate never reaches its peak"], resume.stderr
 
 
 def _next_loss(trainer, state):

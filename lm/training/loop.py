@@ -171,8 +171,8 @@ def train(model_dir: str, *, model_cfg: ModelConfig = gin.REQUIRED, input_cfg=gi
     flops = flops_per_token(model_cfg, seq_len) * tokens_per_step
     peak = peak_flops_per_device(peak_flops)
     sup.start(warnings)  # prints warnings, watches SIGTERM/SIGINT from now on
-    bar = tqdm(total=steps, initial=start, disable=not progress or jax.process_index() != 0,
-               dynamic_ncols=True, mininterval=1.0)
+    bar = sup.closing(tqdm(total=steps, initial=start, dynamic_ncols=True, mininterval=1.0,
+                           disable=not progress or jax.process_index() != 0))
     sums, window_start, window_steps, eval_loss = None, time.perf_counter(), 0, None
     for step in range(start + 1, steps + 1):
       state, metrics = step_fn(state, global_batch(mesh, next(train_batches)), *frozen)

@@ -22,6 +22,7 @@ class Supervisor:
     self.guard = NonFiniteGuard(nonfinite, max_consecutive_skips)
     self.watch = PreemptionWatch()
     self._lock = None
+    self._closing = []
 
   def __enter__(self):
     return self
@@ -30,7 +31,14 @@ class Supervisor:
     self.watch.__exit__()
     if self._lock:
       self._lock.release()
+    for obj in self._closing:
+      obj.close()
     return False
+
+  def closing(self, obj):
+    """Closes `obj` (e.g. the progress bar, before a stop message is printed) on exit."""
+    self._closing.append(obj)
+    return obj
 
   def lock(self, model_dir: str):
     """Takes MODEL_DIR's lock (UserError if another run holds it)."""
