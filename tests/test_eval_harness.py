@@ -29,7 +29,7 @@ from lm.evaluation.harness import HarnessLM  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVALDATA = os.path.join(REPO, "..", "shared", "evaldata")
 LIMIT = 8
-ARC_YAML = """task: arc_easy_local
+ARC_YAML = """task: {task}
 dataset_path: json
 dataset_kwargs:
   data_files:
@@ -78,23 +78,33 @@ def gpt2(tmp_path_factory):
   return hf_dir, lm_dir
 
 
+@pytest.fixture(scope="module")
+def task_manager(tmp_path_factory):
+  """One harness TaskManager (indexing the harness's tasks takes seconds) with local YAMLs
+  over arc_easy.jsonl: arc_easy_local, and arc_easy_local_fs whose few-shot pool is the
+  same file (fewshot_split = test_split: never the scored document)."""
+  yaml_dir = tmp_path_factory.mktemp("harness_yaml")
+  path = os.path.join(EVALDATA, "arc", "arc_easy.jsonl")
+  (yaml_dir / "arc_easy_local.yaml").write_text(ARC_YAML.format(task="arc_easy_local", path=path))
+  (yaml_dir / "arc_easy_local_fs.yaml").write_text(
+      ARC_YAML.format(task="arc_easy_local_fs", path=path) + "fewshot_split: test\n")
+  return TaskManager(include_path=str(yaml_dir))
+
+
 def test_real_gpt2_tokenizer():
   assert gpt2_tokenizer().encode("Question: hello world\nAnswer:") == [
       24361, 25, 23748, 995, 198, 33706, 25]  # GPT-2's published ids
 
 
-def test_harness_parity_on_arc_easy(gpt2, tmp_path):
+def test_harness_parity_on_arc_easy(gpt2, task_manager):
   hf_dir, lm_dir = gpt2
   model = lm.load(lm_dir)
   ours = lm.evaluate(model, ["arc_easy"], limit=LIMIT, data_dir=EVALDATA, batch_size=4)
-  (tmp_path / "arc_easy_local.yaml").write_text(
-      ARC_YAML.format(path=os.path.join(EVALDATA, "arc", "arc_easy.jsonl")))
-  manager = TaskManager(include_path=str(tmp_path))
   runs = {}
   for name, harness_model in [("adapter", HarnessLM(model, batch_size=4)),
                               ("hf", HFLM(pretrained=hf_dir, batch_size=4, device="cpu"))]:
     out = lm_eval.simple_evaluate(model=harness_model, tasks=["arc_easy_local"], limit=LIMIT,
-                                  num_fewshot=0, task_manager=manager, log_samples=True)
+                                  num_fewshot=0, task_manager=task_manager, log_samples=True)
     samples = sorted(out["samples"]["arc_easy_local"], key=lambda s: s["doc_id"])
     runs[name] = (out["results"]["arc_easy_local"],
                   np.array([[r[0][0] for r in s["resps"]] for s in samples]))
@@ -156,3 +166,38 @@ def test_adapter_generate_until_cuts_greedy_text_at_the_first_stop_string(traine
   out = HarnessLM(model).generate_until(requests)
   assert out == [full[0][:full[0].find(stops[0][0])], full[1]]
   assert len(out[0]) < len(full[0]) and len(full[1]) > 0
+
+
+class _RecordingLM(lm_eval.api.model.LM):
+  """Records the harness's loglikelihood requests and answers 0 (no model needed)."""
+
+  def __init__(self):
+    super().__init__()
+    self.requests = []
+
+  def loglikelihood(self, requests, disable_tqdm=False):
+    self.requests += [r.args for r in requests]
+    return [(0.0, False)] * len(requests)
+
+  def loglikelihood_rolling(self, requests, disable_tqdm=False):
+    raise NotImplementedError
+
+  def generate_until(self, requests, disable_tqdm=False):
+    raise NotImplementedError
+
+
+def test_fewshot_prompts_equal_the_harness_prompts(task_manager, monkeypatch):
+  # The harness drawing few-shot examples from the evaluated file itself, seed 1234 (both
+  # defaults), 3-shot, first 12 documents.
+  recorder = _RecordingLM()
+  lm_eval.simple_evaluate(model=recorder, tasks=["arc_easy_local_fs"], limit=12, num_fewshot=3,
+                          task_manager=task_manager)
+  from lm.evaluation import multiple_choice, scoring
+  captured = []
+  monkeypatch.setattr(scoring, "score_items", lambda model, items, batch_size: (
+      captured.extend(items) or [(np.zeros(len(i)), np.zeros(len(i), bool)) for i in items]))
+  multiple_choice.evaluate_docs(None, "arc_easy", multiple_choice.load_docs("arc_easy", EVALDATA),
+                                num_fewshot=3, limit=12)
+  ours = [tuple(pair) for item in captured for pair in item]
+  assert sorted(ours) == sorted(recorder.requests) and len(ours) == 12 * 4
+  assert all(context.count("\n\n") == 3 for context, _ in ours)

@@ -27,6 +27,9 @@ def _parser():
   parser.add_argument("--limit", type=int, help="evaluate the first N documents of each task")
   parser.add_argument("--batch_size", type=int, default=16, help="contexts per forward pass")
   parser.add_argument("--seed", type=int, default=1234, help="few-shot example draws")
+  parser.add_argument("--fewshot_sampling", choices=("harness", "per_document"),
+                      default="harness", help="harness: lm-evaluation-harness's draws "
+                      "(same few-shot prompts); per_document: keyed by document index")
   parser.add_argument("--data_dir", help="benchmark files (default: $LM_EVAL_DATA_DIR)")
   parser.add_argument("--seq_len", type=int, help="perplexity window (default: max_len)")
   parser.add_argument("--stride", type=int, help="perplexity stride (default: seq_len)")
@@ -75,6 +78,7 @@ def _main(argv):
   report = evaluate(model, tasks, num_fewshot=args.num_fewshot, limit=args.limit,
                     batch_size=args.batch_size, seed=args.seed, data_dir=args.data_dir,
                     seq_len=args.seq_len, stride=args.stride,
+                    fewshot_sampling=args.fewshot_sampling,
                     config={"model_dir": os.path.abspath(args.model_dir), "step": step,
                             "mesh_shape": args.mesh_shape})
   print(format_table(report))

@@ -21,16 +21,16 @@ def _perplexity(lls) -> float:
 
 @register("lambada_openai")
 def lambada_openai(model, *, data_dir, num_fewshot=0, limit=None, seed=1234, batch_size=16,
-                   **_):
+                   fewshot_sampling="harness", **_):
   """Last-word accuracy and perplexity on lambada/lambada_openai.jsonl."""
   records = read_jsonl(os.path.join(data_dir, "lambada", "lambada_openai.jsonl"))
   docs = records[:limit] if limit is not None else records
   contexts, targets = [], []
-  for i, r in enumerate(docs):
-    shots = fewshot.sample_indices(len(records), num_fewshot, seed, "lambada_openai", i)
-    prefix = fewshot.join_examples(
-        [records[j]["context"] + " " + records[j]["continuation"] for j in shots])
-    contexts.append(prefix + r["context"])
+  texts = [r["context"] + " " + r["continuation"] for r in records]
+  shots = fewshot.draws(fewshot_sampling, texts, texts[:len(docs)], num_fewshot, seed,
+                        "lambada_openai")
+  for r, drawn in zip(docs, shots):
+    contexts.append(fewshot.join_examples([texts[j] for j in drawn]) + r["context"])
     targets.append(" " + r["continuation"])
   lls, greedy = model.score(contexts, targets, batch_tokens=max(batch_size, 1) * 256)
   acc = greedy.astype(np.float64)

@@ -13,7 +13,8 @@ fields are mapped onto the harness's doc_to_text / doc_to_choice / target:
 
 acc: the argmax of summed log-likelihoods is the gold; acc_norm: the argmax after dividing by
 the choice's length in characters; ties go to the first choice. --limit N scores the first N
-documents in file order. Few-shot examples come from the same file (lm.evaluation.fewshot).
+documents in file order. Few-shot examples come from the same file (lm.evaluation.fewshot:
+by default drawn as the harness draws them, so few-shot prompts equal the harness's).
 """
 import dataclasses
 import json
@@ -127,18 +128,20 @@ def load_docs(task: str, data_dir: str) -> list[Doc]:
 def evaluate_docs(model, task: str, docs: Sequence[Doc], pool: Sequence[Doc] | None = None, *,
                   num_fewshot: int = 0, limit: int | None = None, seed: int = 1234,
                   batch_size: int = 16, metric_names: Sequence[str] = ("acc", "acc_norm"),
-                  ) -> TaskResult:
-  """Scores docs[:limit] (few-shot examples from `pool`, default the docs themselves, where
-  document i never draws pool item i) and returns the harness's metrics with stderr.
+                  fewshot_sampling: str = "harness") -> TaskResult:
+  """Scores docs[:limit] and returns the harness's metrics with stderr.
 
-  Other tasks (robustness: perturbed prompts) reuse this with their own docs."""
-  own_pool = pool is None  # drawing from the evaluated docs: never the scored one
-  pool = list(docs) if own_pool else list(pool)
+  Few-shot examples come from `pool` with lm.evaluation.fewshot's sampler `fewshot_sampling`:
+  by default the docs themselves, never drawing the scored document; other tasks
+  (robustness: perturbed prompts) pass the clean documents, index-aligned with `docs`, and
+  document i then never draws (a copy of) pool item i, so its examples are the clean run's."""
+  pool = list(docs) if pool is None else list(pool)
   docs = list(docs)[:limit] if limit is not None else list(docs)
+  shots = fewshot.draws(fewshot_sampling, pool, docs, num_fewshot, seed, task,
+                        exclude=pool[:len(docs)])
   items, prefixes = [], []
-  for i, doc in enumerate(docs):
-    shots = fewshot.sample_indices(len(pool), num_fewshot, seed, task, i, exclude_self=own_pool)
-    prefixes.append(fewshot.join_examples([pool[j].rendered() for j in shots]))
+  for doc, drawn in zip(docs, shots):
+    prefixes.append(fewshot.join_examples([pool[j].rendered() for j in drawn]))
     items.append(doc.pairs(prefixes[-1]))
   scored = scoring.score_items(model, items, batch_size=batch_size)
   per_doc = {name: [] for name in metric_names}
@@ -161,10 +164,12 @@ def evaluate_docs(model, task: str, docs: Sequence[Doc], pool: Sequence[Doc] | N
 def _make_task(name: str):
   loader, metric_names = TASKS[name]
 
-  def task(model, *, data_dir, num_fewshot=0, limit=None, seed=1234, batch_size=16, **_):
+  def task(model, *, data_dir, num_fewshot=0, limit=None, seed=1234, batch_size=16,
+           fewshot_sampling="harness", **_):
     docs = loader(data_dir)
     return evaluate_docs(model, name, docs, num_fewshot=num_fewshot, limit=limit, seed=seed,
-                         batch_size=batch_size, metric_names=metric_names)
+                         batch_size=batch_size, metric_names=metric_names,
+                         fewshot_sampling=fewshot_sampling)
   task.__doc__ = f"{name}: lm-evaluation-harness prompts, metrics {', '.join(metric_names)}."
   return task
 

@@ -5,13 +5,14 @@ import time
 from typing import Sequence
 
 from lm.errors import UserError
+from lm.evaluation import fewshot
 from lm.evaluation.registry import get_task
 
 
 def evaluate(model, tasks: Sequence[str], *, num_fewshot: int = 0, limit: int | None = None,
              batch_size: int = 16, seed: int = 1234, data_dir: str | None = None,
              seq_len: int | None = None, stride: int | None = None,
-             config: dict | None = None) -> dict:
+             fewshot_sampling: str = "harness", config: dict | None = None) -> dict:
   """Runs `tasks` (registry names, e.g. ["arc_easy", "ppl:/data/val.jsonl"]) on `model` (an
   lm.api.LoadedModel) and returns
 
@@ -20,7 +21,8 @@ def evaluate(model, tasks: Sequence[str], *, num_fewshot: int = 0, limit: int | 
      "config": {...the arguments, plus `config`}}
 
   data_dir: benchmark files (default: $LM_EVAL_DATA_DIR, else ../shared/evaldata's layout
-  must be given). limit: the first `limit` documents of each task. seed: few-shot draws.
+  must be given). limit: the first `limit` documents of each task. seed, fewshot_sampling:
+  few-shot draws ("harness": lm-evaluation-harness's, or "per_document"; lm.evaluation.fewshot).
   """
   if not tasks:
     raise UserError("no tasks given")
@@ -28,16 +30,19 @@ def evaluate(model, tasks: Sequence[str], *, num_fewshot: int = 0, limit: int | 
     raise UserError(f"--limit must be >= 1, got {limit}")
   if num_fewshot < 0 or batch_size < 1:
     raise UserError("--num_fewshot must be >= 0 and --batch_size >= 1")
+  if fewshot_sampling not in fewshot.SAMPLERS:
+    raise UserError(f"--fewshot_sampling must be one of {', '.join(fewshot.SAMPLERS)}")
   data_dir = data_dir or os.environ.get("LM_EVAL_DATA_DIR") or "."
   fns = {name: get_task(name) for name in tasks}  # unknown names fail before any scoring
   out = {"results": {}, "stderr": {}, "num_examples": {}, "seconds": {}, "examples": {},
          "config": dict(config or {}, tasks=list(tasks), num_fewshot=num_fewshot, limit=limit,
                         batch_size=batch_size, seed=seed, data_dir=data_dir,
-                        seq_len=seq_len, stride=stride)}
+                        seq_len=seq_len, stride=stride, fewshot_sampling=fewshot_sampling)}
   for name, fn in fns.items():
     start = time.perf_counter()
     result = fn(model, data_dir=data_dir, num_fewshot=num_fewshot, limit=limit, seed=seed,
-                batch_size=batch_size, seq_len=seq_len, stride=stride)
+                batch_size=batch_size, seq_len=seq_len, stride=stride,
+                fewshot_sampling=fewshot_sampling)
     out["seconds"][name] = round(time.perf_counter() - start, 3)
     out["results"][name] = dict(result.metrics)
     out["stderr"][name] = dict(result.stderr)
