@@ -11,13 +11,14 @@ and the relative-position table stay in float.
 
 A quantized directory's model.json carries {"quantization": {...}}; `lm.load` then keeps the
 quantized tree (sharded like the original: a matrix's input and output dimensions keep their
-mesh axes where the sizes divide) and runs `QuantizedTransformer`, whose `apply` dequantizes
-inside the jitted forward: no float copy of the weights outlives a call.
+mesh axes where the sizes divide) and runs `QuantizedTransformer`, whose dense layers multiply
+activations by the integer weights and scale the outputs: no float copy of the weights is made.
 """
 import dataclasses
 import functools
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -25,6 +26,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from lm.compression.kernels import Kernel, find_kernels, get_path, set_path
 from lm.errors import UserError
 from lm.models.config import ModelConfig
+from lm.models.layers import DenseGeneral, Embed
 from lm.models.transformer import Transformer
 
 SCHEMES = {"int8": 8, "int4": 4}
@@ -105,15 +107,82 @@ def dequantize_params(qparams, cfg: ModelConfig):
   return qparams
 
 
+def quantized_matmul(x_NI, leaf: dict, dtype):
+  """x [N, I] @ W [I, O] with W = {"q", "scale"}: integer weights enter the dot as they are
+  and the scales multiply its outputs (per group for int4), so no float W is formed."""
+  q, scale = leaf["q"], leaf["scale"]
+  if q.dtype == jnp.uint8:
+    q = unpack_int4(q)
+  i, o = q.shape
+  groups = scale.shape[0]
+  if groups == 1:
+    y_NO = jax.lax.dot(x_NI, q, preferred_element_type=jnp.float32) * scale[0]
+  else:
+    x_GNg = jnp.swapaxes(x_NI.reshape(-1, groups, i // groups), 0, 1)
+    y_GNO = jax.lax.dot_general(x_GNg, q.reshape(groups, i // groups, o),
+                                (((2,), (1,)), ((0,), (0,))),
+                                preferred_element_type=jnp.float32)
+    y_NO = jnp.einsum("gno,go->no", y_GNO, scale)
+  return y_NO.astype(dtype)
+
+
+def _take_rows(leaf: dict, tokens, dtype):
+  """Rows `tokens` of an embedding table stored as W = table^T: dequantizes those only."""
+  cols = {name: jnp.take(x, tokens.reshape(-1), axis=-1) for name, x in leaf.items()}
+  rows = dequantize_2d(cols, dtype).T
+  return rows.reshape(tokens.shape + (rows.shape[-1],))
+
+
+def _intercept(cfg: ModelConfig, embed_leaf, next_fun, args, kwargs, context):
+  """Runs DenseGeneral and Embed on quantized weights; everything else as usual."""
+  module, method = context.module, context.method_name
+  if isinstance(module, DenseGeneral) and method == "__call__":
+    leaf = module.get_variable("params", "kernel")  # scanned layers: this layer's slice
+    if not is_quantized(leaf):
+      return next_fun(*args, **kwargs)
+    x = args[0]
+    n_in = len(module.in_shape)
+    x_NI = x.reshape(-1, math.prod(module.in_shape)).astype(cfg.compute_dtype)
+    y_NO = quantized_matmul(x_NI, leaf, cfg.compute_dtype)
+    if cfg.use_bias if module.use_bias is None else module.use_bias:
+      y_NO = y_NO + module.get_variable("params", "bias").reshape(-1).astype(cfg.compute_dtype)
+    return y_NO.reshape(x.shape[:x.ndim - n_in] + module.out_shape)
+  if isinstance(module, Embed) and embed_leaf is not None:
+    if method == "__call__":
+      return _take_rows(embed_leaf, args[0], cfg.compute_dtype)
+    if method == "attend":
+      x_BLD = args[0]
+      logits_NV = quantized_matmul(x_BLD.reshape(-1, x_BLD.shape[-1]), embed_leaf,
+                                   cfg.compute_dtype)
+      return logits_NV.reshape(x_BLD.shape[:-1] + (-1,))
+  return next_fun(*args, **kwargs)
+
+
 @dataclasses.dataclass(frozen=True)
 class QuantizedTransformer:
-  """Transformer(cfg) over quantized params: `apply` takes {"params": quantized tree} and
-  dequantizes inside the caller's jit. Hashable, with `.cfg`, as lm.decoding expects."""
+  """Transformer(cfg) over quantized params: `apply` takes {"params": quantized tree}; inside
+  the caller's jit, dense layers multiply by the integer weights (quantized_matmul) and the
+  token embedding dequantizes only the rows it looks up. Hashable, with `.cfg`, as
+  lm.decoding expects."""
   cfg: ModelConfig
 
   def apply(self, variables, *args, **kwargs):
-    params = dequantize_params(variables["params"], self.cfg)
-    return Transformer(self.cfg).apply({**variables, "params": params}, *args, **kwargs)
+    cfg, params = self.cfg, variables["params"]
+    embed_leaf = params.get("embed", {}).get("embedding")
+    if is_quantized(embed_leaf):
+      # Embed's methods are intercepted; its table is a placeholder XLA never builds.
+      params = set_path(params, ("embed", "embedding"),
+                        jnp.zeros((cfg.padded_vocab_size, cfg.d_model), cfg.weight_dtype))
+    else:
+      embed_leaf = None
+    pos = params.get("pos_embed", {}).get("embedding")
+    if is_quantized(pos):  # a small table: dequantized whole
+      kernel = next(k for k in find_kernels(cfg) if k.path == ("pos_embed", "embedding"))
+      params = set_path(params, kernel.path, kernel.from_2d(dequantize_2d(pos,
+                                                                          cfg.weight_dtype)))
+    intercept = functools.partial(_intercept, cfg, embed_leaf)
+    with nn.intercept_methods(intercept):
+      return Transformer(cfg).apply({**variables, "params": params}, *args, **kwargs)
 
 
 def param_bytes(params) -> int:
