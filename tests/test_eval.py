@@ -51,6 +51,7 @@ ITEMS = [
     [("", " hello")],  # empty context: the EOS prefix
     [("x" * 45, " tail end")],  # longer than max_len: cut on the left, scored pair by pair
 ]
+LONG = ("ab", " the continuation is longer than forty eight characters: two windows")
 
 
 def test_choice_scores_equal_hand_computed_loglikelihoods(model):
@@ -60,6 +61,12 @@ def test_choice_scores_equal_hand_computed_loglikelihoods(model):
     np.testing.assert_allclose(lls, hand, atol=2e-4, rtol=1e-5)
     _, ref_greedy = model.score([c for c, _ in item], [x for _, x in item])
     np.testing.assert_array_equal(greedy, ref_greedy)
+  # A continuation longer than max_len: disjoint windows, each after all that precedes it.
+  (lls, _), = scoring.score_items(model, [[LONG]])
+  tail = LONG[1][48:]
+  hand = _hand_loglikelihood(model, LONG[0], LONG[1][:48]) + _hand_loglikelihood(
+      model, LONG[0] + LONG[1][:48], tail)
+  assert lls[0] == pytest.approx(hand, abs=5e-4)
 
 
 def test_multiple_choice_metrics_follow_the_scores(model):
@@ -102,6 +109,12 @@ def test_fewshot_never_draws_the_scored_item_and_is_reproducible():
   assert {tuple(fewshot.sample_indices(50, 3, s, "t", 0)) for s in range(5)}.__len__() > 1
   with pytest.raises(ValueError):
     fewshot.sample_indices(6, 6, 0, "t", 0)  # only 5 others
+  pool = ["a", "b", "a", "c", "d", "e"]  # "a" twice: neither copy is drawn for document 0
+  draws = fewshot.harness_draws(pool, pool, 3, seed=1234)
+  for i, drawn in enumerate(draws):
+    assert len(set(drawn)) == 3 and all(pool[j] != pool[i] for j in drawn)
+  assert draws == fewshot.harness_draws(pool, pool, 3, seed=1234)
+  assert fewshot.harness_draws(pool, pool[:2], 3, seed=1234) == draws[:2]  # --limit 2
 
 
 def test_fewshot_prompts_exclude_the_document_and_do_not_depend_on_limit(monkeypatch):

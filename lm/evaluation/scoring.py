@@ -15,7 +15,8 @@ each row against its own copy of its context's cache, padded only to the chunk's
 continuation. Log-likelihoods are those of one full forward pass per pair (tested against
 `LoadedModel.score`). Pairs too long for the model (context + continuation > max_len + 1
 tokens, where the harness cuts the context on the left) or for a sliding-window cache are
-scored pair by pair instead.
+scored pair by pair instead; a continuation longer than max_len (which the harness cannot
+score) in disjoint windows of max_len tokens, each after the tokens before it.
 """
 import functools
 from typing import Sequence
@@ -83,10 +84,24 @@ def score_items(model, items: Sequence[Sequence[Pair]], batch_size: int = 16):
         long_pairs += [(i, j) for i, j, _ in members]
   long_pairs += _score_groups(model, groups, batch_size, out)
   if long_pairs:
-    lps, greedy = model._score_requests([encoded[i][j] for i, j in long_pairs], 4096)
-    for (i, j), lp, g in zip(long_pairs, lps, greedy):
-      out[i][0][j], out[i][1][j] = lp, g
+    requests, owner = [], []
+    for i, j in long_pairs:
+      for request in _windows(*encoded[i][j], model.config.max_len):
+        requests.append(request)
+        owner.append((i, j))
+    lps, greedy = model._score_requests(requests, 4096)
+    for (i, j), lp, g in zip(owner, lps, greedy):  # out starts at 0.0 / True
+      out[i][0][j] += lp
+      out[i][1][j] &= g
   return out
+
+
+def _windows(context, continuation, max_len: int):
+  """A pair as full-forward requests: itself, or, when the continuation is longer than the
+  model's positions (the harness cannot score it), its max_len-token pieces, each after
+  everything before it (cut on the left), as loglikelihood_rolling's disjoint windows."""
+  return [(list(context) + list(continuation[:s]), list(continuation[s:s + max_len]))
+          for s in range(0, len(continuation), max_len)]
 
 
 def _score_groups(model, groups, batch_size: int, out) -> list[tuple[int, int]]:
