@@ -166,3 +166,44 @@ def test_failure_midway_leaves_no_directory(tmp_path, monkeypatch):
     driver.run(PrepConfig(inputs=(f"{tmp_path}/a.txt",),
                           output_dir=str(tmp_path / "out")))
   assert os.listdir(tmp_path) == ["a.txt"]
+
+
+def test_no_grouping_holds_a_record_per_document(tmp_path):
+  """Flat memory: what a local runner keeps for a Beam grouping is spill
+  paths and a few records per duplicate, never one record per document
+  (before: a hash and 20 LSH band keys per document). Combiners are lifted
+  (summed within the bundle) and are not counted."""
+  import apache_beam as beam
+  from apache_beam.metrics import monitoring_infos
+  from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+  from lm.data.prep import pipeline
+
+  corpus = synthetic.make_corpus(400, 10, 10, seed=4, words=(60, 100))
+  synthetic.write_jsonl(corpus.docs, str(tmp_path / "in"), 2)
+  cfg = PrepConfig(inputs=(str(tmp_path / "in" / "*.jsonl.gz"),),
+                   output_dir=str(tmp_path / "out"))
+  files = readers.expand_inputs(cfg.inputs)
+  tmp = driver._make_temp_dir(cfg.output_dir, overwrite=False)
+  p = beam.Pipeline(runner=FnApiRunner())
+  pipeline.build(p, cfg, readers.plan_ranges(files, 1 << 20), tmp, 2, 4)
+  result = p.run()
+  counts = {i.labels[monitoring_infos.PCOLLECTION_LABEL]:
+            monitoring_infos.extract_counter_value(i)
+            for i in result.monitoring_infos()
+            if i.urn == monitoring_infos.ELEMENT_COUNT_URN}
+  components = p.to_runner_api().components
+  grouped = {t.unique_name: counts[pc]
+             for t in components.transforms.values()
+             if t.spec.urn == "beam:transform:group_by_key:v1"
+             and "CombinePerKey" not in t.unique_name
+             for pc in t.inputs.values()}
+  assert {"ByPartition", "ByShard/CoGroupByKeyImpl/GroupByKey",
+          "Near/Components/Group0"} <= set(grouped)
+  assert grouped["ByPartition"] <= 2 * 4  # Files x partitions.
+  # Edges (both directions, repeated across partitions) of the 20 planted
+  # duplicates: a few per duplicate, far fewer than one per document.
+  dups = len(corpus.exact_of) + len(corpus.near_of)
+  assert 0 < max(grouped.values()) <= 10 * dups < len(corpus.docs) / 2, grouped
+  assert counts[components.transforms[next(
+      t for t, v in components.transforms.items()
+      if v.unique_name == "Read")].outputs["None"]] == len(corpus.docs)
