@@ -8,7 +8,6 @@ import json
 import math
 import os
 import re
-import resource
 import shutil
 import signal
 import subprocess
@@ -71,11 +70,11 @@ class _InputConfig:
   task: str | None = None
 
 
-def _loop(model_dir, steps=6, log_every=1, **kw):
+def _loop(model_dir, steps=6, log_every=1, eval_every=0, **kw):
   batches = functools.partial(_Batches, nan_steps=kw.pop("nan_steps", ()),
                               signal_at=kw.pop("signal_at", None))
   return loop.train(str(model_dir), model_cfg=NANO, input_cfg=_InputConfig(),
-                    batches_fn=batches, steps=steps, log_every=log_every, eval_every=0,
+                    batches_fn=batches, steps=steps, log_every=log_every, eval_every=eval_every,
                     eval_steps=0, checkpoint_every=2, mesh_shape=(-1, 1, 1), progress=False,
                     optimizer_cfg=OptimizerConfig(warmup_steps=0), **kw)
 
@@ -208,11 +207,15 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_newest_good_one(trained_run
   assert _snapshot(run) == before
 
 
-# Resumes a 2-step run to 4 steps with files limited to 32 KB (RLIMIT_FSIZE; SIGXFSZ ignored,
-# so a write past the limit fails with EFBIG as on a full disk): checkpoint 4 cannot be written.
-def _limit_file_size():
-  signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-  resource.setrlimit(resource.RLIMIT_FSIZE, (32 * 1024, 32 * 1024))
+# lm-train with files limited to 32 KB (RLIMIT_FSIZE; SIGXFSZ ignored, so a write past the
+# limit fails with EFBIG as on a full disk): run.json or metrics.jsonl fit, a checkpoint does not.
+_FILE_SIZE_LIMIT = """
+import resource, signal, sys
+from lm.cli import train
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (32 * 1024, 32 * 1024))
+train.main(sys.argv[1:])
+"""
 
 
 def test_full_disk_while_checkpointing_keeps_earlier_checkpoints(tmp_path, monkeypatch):
@@ -226,9 +229,9 @@ def test_full_disk_while_checkpointing_keeps_earlier_checkpoints(tmp_path, monke
   assert exit_info.value.code == 0
   params_2 = checkpoints.restore_params(str(run / "checkpoints"))
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
-  full = subprocess.run([sys.executable, "-m", "lm.cli.train"] + args + ABS_RUN[:-1]
+  full = subprocess.run([sys.executable, "-c", _FILE_SIZE_LIMIT] + args + ABS_RUN[:-1]
                         + ["--gin.TRAIN_STEPS=4", "--gin.MESH_SHAPE=(1,1,1)"],
-                        preexec_fn=_limit_file_size, env=env, capture_output=True, text=True)
+                        env=env, capture_output=True, text=True)
   assert full.returncode == 1, full.stderr
   last = full.stderr.strip().splitlines()[-1]
   assert last.startswith(f"error: cannot write a checkpoint to {run}/checkpoints: "), last
@@ -237,3 +240,19 @@ def test_full_disk_while_checkpointing_keeps_earlier_checkpoints(tmp_path, monke
   assert checkpoints.latest_step(str(run / "checkpoints")) == 2
   jax.tree.map(np.testing.assert_array_equal,
                checkpoints.restore_params(str(run / "checkpoints")), params_2)
+
+
+def test_eval_tasks_during_training(trained_run, tmp_path):
+  run = tmp_path / "run"
+  shutil.copytree(os.path.join(trained_run, "tokenizer"), run / "tokenizer")  # a char run's
+  text = tmp_path / "val.txt"
+  text.write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n")
+  task = f"ppl:{text}"
+  _loop(run, steps=4, eval_every=2, eval_tasks=[task], eval_data_dir=str(tmp_path))
+  rows = [r for r in _rows(run) if f"eval/{task}/bits_per_byte" in r]
+  assert [r["step"] for r in rows] == [2, 4]
+  # The same figures from the saved checkpoint through lm-eval's own path.
+  import lm
+  report = lm.evaluate(lm.load(str(run)), tasks=[task])
+  for metric, value in report["results"][task].items():
+    assert rows[-1][f"eval/{task}/{metric}"] == pytest.approx(value, rel=1e-5)
