@@ -112,9 +112,6 @@ def test_quantized_dir_decodes_as_its_dequantized_weights(quantized_dirs, traine
                     tokenizer=q.tokenizer)
   assert q.generate(PROMPTS, max_new_tokens=12) == deq.generate(PROMPTS, max_new_tokens=12)
   np.testing.assert_allclose(q.score_rolling(PROMPTS), deq.score_rolling(PROMPTS), rtol=1e-5)
-  # and the quantization is mild: scores stay close to the float model's
-  np.testing.assert_allclose(q.score_rolling(PROMPTS), float_model.score_rolling(PROMPTS),
-                             rtol=0.1)
 
 
 def test_quantized_dir_sharded_gives_the_same_tokens(quantized_dirs):
