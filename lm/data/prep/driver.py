@@ -14,6 +14,9 @@ from typing import List, Optional
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.portability.api import beam_provision_api_pb2
+from apache_beam.runners.portability.fn_api_runner import fn_runner
+from apache_beam.runners.portability.portable_runner import JobServiceHandle
 from apache_beam.options.pipeline_options import (DirectOptions,
                                                   PipelineOptions,
                                                   StandardOptions,
@@ -138,6 +141,19 @@ def _read_json(path: str) -> dict:
     return json.loads(f.read())
 
 
+def _pipeline(options: PipelineOptions) -> beam.Pipeline:
+  """A pipeline; the local FnApiRunner gets the options the way the
+  DirectRunner passes them, so that its worker processes see them (e.g. the
+  harness log level)."""
+  if options.view_as(StandardOptions).runner != "FnApiRunner":
+    return beam.Pipeline(options=options)
+  info = beam_provision_api_pb2.ProvisionInfo(
+      pipeline_options=JobServiceHandle.encode_pipeline_options(
+          options.get_all_options()))
+  return beam.Pipeline(runner=fn_runner.FnApiRunner(
+      provision_info=fn_runner.ExtendedProvisionInfo(info)), options=options)
+
+
 def _run(p: beam.Pipeline) -> None:
   """Runs `p` to the end; closes the Dask runner's client (it would try to
   reconnect to a cluster that goes away)."""
@@ -167,7 +183,7 @@ def run(cfg: PrepConfig, beam_args: Optional[List[str]] = None,
     num_shards = cfg.num_shards or pipeline.auto_num_shards(files)
     num_parts = pipeline.auto_num_shards(files, pipeline.PARTITION_BYTES)
     ranges = readers.plan_ranges(files, cfg.read.range_bytes)
-    p = beam.Pipeline(options=options)
+    p = _pipeline(options)
     pipeline.build(p, cfg, ranges, tmp, num_shards, num_parts)
     _run(p)
     stats_file = f"{tmp}/{pipeline.STATS_FILE}"
@@ -181,7 +197,7 @@ def run(cfg: PrepConfig, beam_args: Optional[List[str]] = None,
       spm.train_spm(_kept_files(tmp), model, cfg.spm_vocab_size,
                     int(stats.get("output/chars_out", 0)),
                     cfg.spm_sample_chars)
-      p = beam.Pipeline(options=options)
+      p = _pipeline(options)
       _ = (spm.count_tokens(p, _kept_files(tmp), model,
                             cfg.validation_fraction)
            | beam.Map(pipeline.write_json, f"{tmp}/_tokens.json"))
