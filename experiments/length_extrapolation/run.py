@@ -17,6 +17,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -72,6 +73,14 @@ def evaluate_runs(out_dir: str, chars: int) -> list[dict]:
   return out
 
 
+def _waiting(out_dir: str) -> bool:
+  """Whether some run of the sweep may still finish (pending, running or resumable)."""
+  from lm.sweep import collect
+  rows = collect(out_dir)
+  return len(rows) < len(POSITIONS) * 3 or any(r["status"] in ("pending", "incomplete")
+                                                for r in rows)
+
+
 def summarize(runs: list[dict]) -> dict:
   """{positions: {length: (mean, std, n)}} over seeds."""
   table = {}
@@ -125,7 +134,9 @@ def main():
   p.add_argument("--out_dir", default="/tmp/lm/length_extrapolation")
   p.add_argument("--steps", type=int, default=600)
   p.add_argument("--parallel", type=int, default=2)
-  p.add_argument("--eval_chars", type=int, default=32768,
+  p.add_argument("--watch", action="store_true",
+                 help="eval: keep evaluating runs as they finish until none is left to wait for")
+  p.add_argument("--eval_chars", type=int, default=16384,
                  help="score the first N characters of the validation split (of 111,540)")
   a = p.parse_args()
   if a.stage in ("sweep", "all"):
@@ -136,6 +147,9 @@ def main():
       print(f"lm-sweep: {code} run(s) failed or the sweep stopped", file=sys.stderr)
   if a.stage in ("eval", "all"):
     runs = evaluate_runs(a.out_dir, a.eval_chars)
+    while a.watch and len(runs) < len(POSITIONS) * 3 and _waiting(a.out_dir):
+      time.sleep(60)
+      runs = evaluate_runs(a.out_dir, a.eval_chars)
     table = summarize(runs)
     md = markdown(table)
     print(md)
