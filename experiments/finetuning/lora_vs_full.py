@@ -4,18 +4,20 @@
 
 The task: "User: ends WORD\\nAssistant: " -> the word's first and last letters in capitals
 (then EOS), "ends romeo" -> "RO", for lowercase words of 3-8 letters from Shakespeare's train
-split; 200 words are held out for the test and never trained on. (Capitalizing whole words,
-tried first, stayed at 0 % for every run within 300 steps: too hard for this model and budget.) Records are {"prompt", "response"} JSONL read by
-lm.data.instruct.register_instruct_task (plain chat template, loss on the response and its EOS
-only). Every run starts from the same pretrained character model (--base, or the CPU recipe
-trained here for --pretrain_steps on the Shakespeare train split) and runs --steps steps of
-batch 12 x 64 (packed); full fine-tuning at 1e-3, LoRA at 3e-3 with alpha = 2 x rank on all
-attention and MLP kernels (AdamW, 20 warmup steps, cosine to 10 %, no weight decay for both).
+split; 200 words are held out for the test and never trained on. Records are
+{"prompt", "response"} JSONL read by lm.data.instruct.register_instruct_task (plain chat
+template, loss on the response and its EOS only). Every run starts from the same pretrained
+character model (--base, or the CPU recipe trained here for --pretrain_steps on the
+Shakespeare train split) and runs --steps steps of batch 12 x 64 (packed); full fine-tuning
+at 1e-3, LoRA at 3e-3 with alpha = 2 x rank on all attention and MLP kernels (AdamW, 20
+warmup steps, cosine to 10 %, no weight decay for both).
 
 Each run is its own process; the table gives exact-match accuracy of greedy answers on the
-held-out words (lm.load, which merges a LoRA run; also of the first letter alone), trainable parameters, optimizer-state bytes
-(the AdamW state of the trained tree), the median step time over logging windows after the
-first (compilation) and the process's peak resident memory (getrusage ru_maxrss).
+held-out words (lm.load, which merges a LoRA run; also of the first letter alone), trainable
+parameters, optimizer-state bytes (the AdamW state of the trained tree), the median step time
+over logging windows after the first (compilation) and the process's peak resident memory
+(getrusage ru_maxrss). A rerun with the same --workdir reuses finished runs (lm-train resumes
+at their last step, so its RSS is that of a restore, not of training) and evaluates again.
 """
 import argparse
 import json
@@ -95,8 +97,11 @@ def accuracy(model_dir: str, words: list[str]) -> tuple[float, float]:
   """(exact-match accuracy of the greedy answers, accuracy of their first letter)."""
   import lm
   model = lm.load(model_dir)
-  prompts = [f"User: ends {w}\nAssistant: " for w in words]
-  answers = [a.strip() for a in model.generate(prompts, max_new_tokens=4)]
+  # SeqIO's decoder inputs put token 0 before every example; training saw each prompt after
+  # it (at positions shifted by one), so the prompts here start with it too.
+  prompts = [[0] + model.tokenizer.encode(f"User: ends {w}\nAssistant: ") for w in words]
+  answers = [model.tokenizer.decode([t for t in out if t not in model.eos_ids]).strip()
+             for out in model.generate(prompts, max_new_tokens=4)]
   exact = sum(a == answer(w) for a, w in zip(answers, words)) / len(words)
   first = sum(a[:1] == answer(w)[0] for a, w in zip(answers, words)) / len(words)
   return exact, first
