@@ -236,7 +236,8 @@ def test_full_disk_while_checkpointing_keeps_earlier_checkpoints(tmp_path, monke
   last = full.stderr.strip().splitlines()[-1]
   assert last.startswith(f"error: cannot write a checkpoint to {run}/checkpoints: "), last
   assert last.endswith("the complete checkpoints are intact (steps: [2])"), last
-  assert "Traceback" not in full.stderr
+  # Orbax's background writers may print asyncio tracebacks as they fail; none is lm's.
+  assert f'File "{REPO}/lm/' not in full.stderr
   assert checkpoints.latest_step(str(run / "checkpoints")) == 2
   jax.tree.map(np.testing.assert_array_equal,
                checkpoints.restore_params(str(run / "checkpoints")), params_2)

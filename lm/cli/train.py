@@ -118,14 +118,8 @@ def _train(args, bindings) -> int:
     result = loop.train(args.model_dir)
   except TrainingHalted as e:
     prefix = "" if isinstance(e, Preempted) else "error: "
-    if isinstance(e, CheckpointWriteError):
-      # Orbax's writers still pending fail one by one, printing asyncio tracebacks from their
-      # threads until the interpreter is gone; what is on disk is final (the earlier
-      # checkpoints), so silence them, say what happened and end here.
-      terminal, sys.stderr = sys.stderr, open(os.devnull, "w")
-      print(f"error: {first_line(e)}", file=terminal, flush=True)
-      sys.stdout.flush()
-      os._exit(e.exit_code)
+    if isinstance(e, CheckpointWriteError):  # orbax's failing writers: see console.exit_now
+      console.exit_now(f"error: {first_line(e)}", e.exit_code)
     print(f"{prefix}{first_line(e)}", file=sys.stderr)
     return e.exit_code
   sample_after_training(result)
