@@ -1,6 +1,6 @@
 """Full fine-tuning vs LoRA (ranks 4/16/64) on an instruction task with a checkable answer.
 
-  python experiments/finetuning/lora_vs_full.py [--base DIR] [--steps 300] [--ranks 4 16 64]
+  python experiments/finetuning/lora_vs_full.py [--base DIR] [--steps 800] [--ranks 4 16 64]
 
 The task: "User: ends WORD\\nAssistant: " -> the word's first and last letters in capitals
 (then EOS), "ends romeo" -> "RO", for lowercase words of 3-8 letters from Shakespeare's train
@@ -111,7 +111,7 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--base", help="pretrained model dir (default: pretrain one here)")
   parser.add_argument("--pretrain_steps", type=int, default=400)
-  parser.add_argument("--steps", type=int, default=300)
+  parser.add_argument("--steps", type=int, default=800)
   parser.add_argument("--ranks", type=int, nargs="+", default=[4, 16, 64])
   parser.add_argument("--workdir", default=None, help="default: a new temporary directory")
   parser.add_argument("--worker", help=argparse.SUPPRESS)
