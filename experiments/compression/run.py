@@ -14,7 +14,7 @@ Prints one markdown table per model and writes results.json to --work_dir.
   smollm2  SmolLM2-135M-Instruct imported from the Q4_1 GGUF in ../shared/models (real
            weights); validation: the first --val_docs LAMBADA passages (context + answer,
            ../shared/evaldata), calibration: 64 windows of 128 tokens from passages 1000-1499.
-           No recovery fine-tune (about 15 s per 1k-token step on this CPU).
+           No recovery fine-tune (too slow for a shared 2-core CPU).
 Decode speed: greedy, prompt of 8 tokens, --new_tokens new tokens (char: 3x) without early EOS,
 batch 1 and 32, the best of --repeats calls after one that compiles, one JAX CPU device.
 """
