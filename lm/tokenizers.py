@@ -10,6 +10,11 @@ A model directory keeps its tokenizer in MODEL_DIR/tokenizer/, as exactly one of
                       chat template) and optionally special_tokens_map.json and
                       chat_template.jinja, as transformers writes them
 
+and, beside chars.json or spm.model, optionally start.json {"bos_id": 0}: the run was trained on
+documents through seqio's decoder feature converter, whose inputs start every sequence with id 0,
+so that id is the model's BOS (encode(add_special_tokens=True) and an empty scoring context
+start with it, as in training).
+
 `load_tokenizer(model_dir)` returns the matching `Tokenizer`, or None when the directory has
 none (the model then takes token ids only).
 """
@@ -25,6 +30,7 @@ from lm.errors import UserError
 
 TOKENIZER_DIR = "tokenizer"
 CHARS_FILE, SPM_FILE, HF_FILE = "chars.json", "spm.model", "tokenizer.json"
+START_FILE = "start.json"
 HF_CONFIG_FILE, HF_TEMPLATE_FILE = "tokenizer_config.json", "chat_template.jinja"
 # Every file of an HF tokenizer that import-hf copies and export-hf writes back.
 HF_TOKENIZER_FILES = (HF_FILE, HF_CONFIG_FILE, "special_tokens_map.json", HF_TEMPLATE_FILE)
@@ -37,8 +43,9 @@ class Tokenizer(abc.ABC):
 
   @abc.abstractmethod
   def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-    """Token ids of `text`. add_special_tokens: what the tokenizer adds around a text (e.g. an
-    HF BOS); char and SentencePiece tokenizers add nothing, as in training."""
+    """Token ids of `text`. add_special_tokens: what the tokenizer adds around a text (an HF
+    BOS; for char and SentencePiece tokenizers the start.json BOS, else nothing), as in
+    training."""
 
   @abc.abstractmethod
   def decode(self, ids, skip_special_tokens: bool = True) -> str:
@@ -94,12 +101,14 @@ class CharTokenizer(Tokenizer):
   """One id per character: the ids of lm.data.vocabularies.CharVocabulary."""
   PAD_ID, EOS_ID, UNK_ID, NUM_SPECIAL = 0, 1, 2, 3
 
-  def __init__(self, chars: str):
+  def __init__(self, chars: str, bos_id: int | None = None):
     self.chars = "".join(sorted(set(chars)))
     self._index = {c: i + self.NUM_SPECIAL for i, c in enumerate(self.chars)}
+    self._bos = bos_id
 
   def encode(self, text, add_special_tokens=True):
-    return [self._index.get(c, self.UNK_ID) for c in text]
+    start = [self._bos] if add_special_tokens and self._bos is not None else []
+    return start + [self._index.get(c, self.UNK_ID) for c in text]
 
   def decode(self, ids, skip_special_tokens=True):
     n = self.NUM_SPECIAL
@@ -111,7 +120,7 @@ class CharTokenizer(Tokenizer):
 
   @property
   def bos_id(self):
-    return None
+    return self._bos
 
   @property
   def vocab_size(self):
@@ -121,12 +130,14 @@ class CharTokenizer(Tokenizer):
 class SentencePieceTokenizer(Tokenizer):
   """A SentencePiece .model: the ids of seqio.SentencePieceVocabulary (without extra ids)."""
 
-  def __init__(self, path: str):
+  def __init__(self, path: str, bos_id: int | None = None):
     import sentencepiece  # pylint: disable=import-outside-toplevel
     self._sp = sentencepiece.SentencePieceProcessor(model_file=path)
+    self._start = bos_id  # start.json's: prepended by encode (the model's own BOS is not)
 
   def encode(self, text, add_special_tokens=True):
-    return self._sp.EncodeAsIds(text)
+    start = [self._start] if add_special_tokens and self._start is not None else []
+    return start + self._sp.EncodeAsIds(text)
 
   def decode(self, ids, skip_special_tokens=True):
     unk, n = self._sp.unk_id(), self.vocab_size
@@ -138,7 +149,7 @@ class SentencePieceTokenizer(Tokenizer):
 
   @property
   def bos_id(self):
-    return _id_or_none(self._sp.bos_id())
+    return self._start if self._start is not None else _id_or_none(self._sp.bos_id())
 
   @property
   def vocab_size(self):
@@ -212,9 +223,13 @@ def load_tokenizer(model_dir: str) -> Tokenizer | None:
   directory = tokenizer_dir(model_dir)
   if os.path.exists(os.path.join(directory, HF_FILE)):
     return HFTokenizer(directory)
+  bos_id = None
+  if os.path.exists(os.path.join(directory, START_FILE)):
+    with open(os.path.join(directory, START_FILE), encoding="utf-8") as f:
+      bos_id = json.load(f)["bos_id"]
   if os.path.exists(os.path.join(directory, SPM_FILE)):
-    return SentencePieceTokenizer(os.path.join(directory, SPM_FILE))
+    return SentencePieceTokenizer(os.path.join(directory, SPM_FILE), bos_id)
   if os.path.exists(os.path.join(directory, CHARS_FILE)):
     with open(os.path.join(directory, CHARS_FILE), encoding="utf-8") as f:
-      return CharTokenizer(json.load(f)["chars"])
+      return CharTokenizer(json.load(f)["chars"], bos_id)
   return None

@@ -1,5 +1,6 @@
 """lm.tokenizers: saved tokenizers give exactly the ids of the SeqIO vocabularies used in training,
 and HF tokenizer files load and render chat templates as transformers does."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -38,6 +39,28 @@ def test_saved_task_tokenizer_gives_the_seqio_ids(task, tmp_path):
   # Saving again (a resumed run) replaces the directory whole.
   save_task_tokenizer(task, str(tmp_path))
   assert len(os.listdir(tmp_path)) == 1
+
+
+def test_document_run_tokenizer_starts_prompts_as_training_did(tmp_path):
+  """seqio's decoder inputs start every packed document with one id: a document-task run saves
+  it as its BOS, which generation prepends (a corpus-window run has none)."""
+  from lm.data.inputs import InputConfig, make_batches
+  from lm.training.run_dir import run_settings, write_run_files
+  from lm.models.config import ModelConfig
+  from lm.training.optimizers import OptimizerConfig
+  cfg = InputConfig(task="tiny_shakespeare_char", batch_size=2, seq_len=32)
+  batch = next(make_batches(cfg, "train"))
+  starts = batch["positions"] == 0  # the first input of each packed document
+  for continuous, run in ((False, "doc"), (True, "corpus")):
+    settings = run_settings(dataclasses.replace(cfg, continuous=continuous), OptimizerConfig(), 1)
+    write_run_files(str(tmp_path / run), ModelConfig(vocab_size=68, max_len=32),
+                    cfg.task, settings, 1, None)
+  tok = tokenizers.load_tokenizer(str(tmp_path / "doc"))
+  assert set(batch["inputs"][starts].tolist()) == {tok.bos_id}
+  ids = tokenizers.load_tokenizer(str(tmp_path / "corpus")).encode("ROMEO:")
+  assert tok.encode("ROMEO:") == [tok.bos_id] + ids
+  assert tok.encode("ROMEO:", add_special_tokens=False) == ids
+  assert tokenizers.load_tokenizer(str(tmp_path / "corpus")).bos_id is None
 
 
 def test_sentencepiece_with_bos_keeps_the_models_ids(tmp_path):

@@ -24,9 +24,12 @@ def _base_vocabulary(vocab: seqio.Vocabulary) -> seqio.Vocabulary:
   return factory() if callable(factory) else vocab
 
 
-def save_task_tokenizer(task: str, model_dir: str) -> str | None:
+def save_task_tokenizer(task: str, model_dir: str, start_id: int | None = None) -> str | None:
   """Writes the tokenizer of a registered task to MODEL_DIR/tokenizer/; returns that directory,
   or None for a vocabulary lm.tokenizers cannot represent (the run then works on ids only).
+
+  start_id: the id every training sequence started with (seqio's decoder inputs start with 0),
+  saved as a char or SentencePiece tokenizer's BOS (start.json) so that prompts start the same.
 
   The directory is replaced as a whole (written beside it, then renamed), so a reader never
   sees half a tokenizer.
@@ -51,6 +54,9 @@ def save_task_tokenizer(task: str, model_dir: str) -> str | None:
   tmp = tempfile.mkdtemp(prefix=".tokenizer-", dir=model_dir)
   try:
     write(tmp)
+    if start_id is not None and not isinstance(vocab, TokenizerVocabulary):
+      with open(os.path.join(tmp, tokenizers.START_FILE), "w", encoding="utf-8") as f:
+        json.dump({"bos_id": start_id}, f)
     if os.path.exists(target):
       shutil.rmtree(target)
     os.replace(tmp, target)

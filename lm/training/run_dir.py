@@ -91,7 +91,10 @@ def write_run_files(model_dir: str, model_cfg: ModelConfig, task: str | None, se
   if jax.process_index() != 0:
     return run_id
   os.makedirs(model_dir, exist_ok=True)
-  _save_tokenizer(task, model_dir)
+  # seqio's decoder inputs start every document with id 0 (corpus windows have no start).
+  documents = settings["input"].get("kind") == "InputConfig" and not settings["input"].get(
+      "continuous")
+  _save_tokenizer(task, model_dir, 0 if documents else None)
   with open(os.path.join(model_dir, RUN_JSON), "w") as f:
     json.dump({"run_id": run_id, "train_steps": steps, **settings}, f, indent=1)
   with open(os.path.join(model_dir, MODEL_JSON), "w") as f:
@@ -101,7 +104,7 @@ def write_run_files(model_dir: str, model_cfg: ModelConfig, task: str | None, se
   return run_id
 
 
-def _save_tokenizer(task: str | None, model_dir: str):
+def _save_tokenizer(task: str | None, model_dir: str, start_id: int | None):
   """The task's tokenizer beside the model, for TF-free decoding (lm.load, lm-sample).
 
   Exporting it needs the task's SeqIO vocabulary; on an image without TensorFlow it is skipped.
@@ -112,4 +115,4 @@ def _save_tokenizer(task: str | None, model_dir: str):
     from lm.data.tokenizer_export import save_task_tokenizer
   except ImportError:
     return
-  save_task_tokenizer(task, model_dir)
+  save_task_tokenizer(task, model_dir, start_id)
