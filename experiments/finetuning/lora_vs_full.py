@@ -97,11 +97,9 @@ def accuracy(model_dir: str, words: list[str]) -> tuple[float, float]:
   """(exact-match accuracy of the greedy answers, accuracy of their first letter)."""
   import lm
   model = lm.load(model_dir)
-  # SeqIO's decoder inputs put token 0 before every example; training saw each prompt after
-  # it (at positions shifted by one), so the prompts here start with it too.
-  prompts = [[0] + model.tokenizer.encode(f"User: ends {w}\nAssistant: ") for w in words]
-  answers = [model.tokenizer.decode([t for t in out if t not in model.eos_ids]).strip()
-             for out in model.generate(prompts, max_new_tokens=4)]
+  # Text prompts start with the run's start id (tokenizer/start.json), as training did.
+  prompts = [f"User: ends {w}\nAssistant: " for w in words]
+  answers = [a.strip() for a in model.generate(prompts, max_new_tokens=4)]
   exact = sum(a == answer(w) for a, w in zip(answers, words)) / len(words)
   first = sum(a[:1] == answer(w)[0] for a, w in zip(answers, words)) / len(words)
   return exact, first

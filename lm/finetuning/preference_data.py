@@ -107,6 +107,9 @@ def encode_pairs(tokenizer: tokenizers.Tokenizer, records, seq_len: int,
                  template: str = "plain") -> tuple[list, int]:
   """(Pairs that fit seq_len + 1 tokens, number dropped) - see the module docstring."""
   prefix = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
+  # What the tokenizer puts before a text prompt in generation (a document-trained run's start
+  # id, an HF BOS); the model's own chat template writes its BOS itself.
+  start = [] if template == "model" else tokenizer.encode("", add_special_tokens=True)
   pairs, dropped = [], 0
   for record in records:
     prompt_ids, chosen = render_pair(tokenizer, record["prompt"], record["chosen"], template)
@@ -115,7 +118,7 @@ def encode_pairs(tokenizer: tokenizers.Tokenizer, records, seq_len: int,
     if prompt_again != prompt_ids:
       raise UserError(f"chat template {template!r} renders the prompt differently before "
                       "the chosen and the rejected reply")
-    prompt_ids = prompt_ids or [prefix]  # an empty prompt: score's prefix token
+    prompt_ids = (start + prompt_ids) or [prefix]  # an empty prompt: score's prefix token
     room = seq_len + 1 - max(len(chosen), len(rejected))
     if room < 1 or not chosen or not rejected:
       dropped += 1
