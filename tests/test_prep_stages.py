@@ -131,6 +131,44 @@ def test_ranges_read_the_same_documents_as_the_whole_file(tmp_path, name,
   assert [d for r in ranges for d in read_range(r, ReadConfig())] == whole
 
 
+# Words (one with UTF-8) and every kind of whitespace, line break and blank
+# line run that _BLANK_LINE knows (CRLF, whitespace-only lines, \v and \f).
+_TXT_PIECES = [b"word", b"\xc3\xa9t\xc3\xa9", b" ", b"\t", b"\r", b"\f", b"\v",
+               b"\n", b"\n", b"\r\n", b"\n\n", b"\r\n\r\n", b"\n \t\n",
+               b"\n\n\n\n", b"\n\x0b\n  "]
+
+
+@pytest.mark.parametrize("seed,chunk", [(0, 1), (1, 7), (2, 64), (3, 1 << 20)])
+def test_txt_ranges_read_the_same_blocks_as_the_whole_file(
+    tmp_path, monkeypatch, seed, chunk):
+  from lm.data.prep import readers
+  monkeypatch.setattr(readers, "_CHUNK", chunk)  # Separators across chunks.
+  rng = random.Random(seed)
+  data = ([b"", b"\n\n \n", b" \r\n"][seed % 3]  # Leading blank lines.
+          + b"".join(rng.choice(_TXT_PIECES) for _ in range(2000))
+          + [b"", b"\n", b"\n\n", b" \n\t"][seed])  # No final newline, ...
+  f = _write(tmp_path / "r.txt", data)
+  cfg = ReadConfig(split="paragraphs")
+  whole = [(d["id"], d["text"]) for d in read_file(f, cfg)]
+  assert len(whole) > 100
+  ends = [m.end() for m in readers._BLANK_LINE.finditer(data)]
+  for range_bytes in (1, 10, 100, 1000, len(data) - 1, len(data)):
+    ranges = plan_ranges([f], range_bytes, "paragraphs")
+    # Independently: cut at the first separator end range_bytes or more after
+    # the range's start, none at the end of the file.
+    starts = [0]
+    for end in ends:
+      if starts[-1] + range_bytes <= end < len(data):
+        starts.append(end)
+    assert [r[1] for r in ranges] == starts
+    assert [r[2] for r in ranges] == starts[1:] + [None]
+    assert [(d["id"], d["text"]) for r in ranges
+            for d in read_range(r, cfg)] == whole
+  assert len(plan_ranges([f], 100, "paragraphs")) > 10
+  # One document per file: never cut.
+  assert plan_ranges([f], 1) == plan_ranges([f], 1, "file") == [(f, 0, None, 0)]
+
+
 def test_read_truncated_gzip_is_a_recorded_error(tmp_path):
   import gzip
   data = gzip.compress(b'{"text": "a"}\n' * 1000)

@@ -40,8 +40,8 @@ def _parser() -> argparse.ArgumentParser:
   g.add_argument("--on_decode_error", choices=("drop", "replace"),
                  default=d.read.on_decode_error)
   g.add_argument("--range_bytes", type=int, default=d.read.range_bytes,
-                 help=".jsonl(.gz): workers share a file in ranges of this "
-                 "many decompressed bytes")
+                 help=".jsonl(.gz), .txt with --split=paragraphs: workers "
+                 "share a file in ranges of this many decompressed bytes")
   g = p.add_argument_group("stages (each can be switched off)")
   g.add_argument("--no_normalize", action="store_true")
   g.add_argument("--no_fix_mojibake", action="store_true")

@@ -17,7 +17,8 @@ class ReadConfig:
   text_key: str = "text"
   split: str = "file"  # .txt only: "file" (one doc per file) or "paragraphs".
   on_decode_error: str = "drop"  # "drop" (reason decode_error) or "replace".
-  # .jsonl(.gz) files are read in ranges of this many decompressed bytes.
+  # .jsonl(.gz) (and paragraph-split .txt) files are read in ranges of this
+  # many decompressed bytes.
   range_bytes: int = 8 << 20
 
 

@@ -182,7 +182,7 @@ def run(cfg: PrepConfig, beam_args: Optional[List[str]] = None,
   try:
     num_shards = cfg.num_shards or pipeline.auto_num_shards(files)
     num_parts = pipeline.auto_num_shards(files, pipeline.PARTITION_BYTES)
-    ranges = readers.plan_ranges(files, cfg.read.range_bytes)
+    ranges = readers.plan_ranges(files, cfg.read.range_bytes, cfg.read.split)
     p = _pipeline(options)
     pipeline.build(p, cfg, ranges, tmp, num_shards, num_parts)
     _run(p)

@@ -24,6 +24,7 @@ from lm.errors import UserError
 
 _JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz", ".ndjson")
 _BLANK_LINE = re.compile(rb"\n(?:[ \t\r\f\v]*\n)+")
+_CHUNK = 1 << 20  # Bytes read at a time by the scans of plan_ranges.
 
 
 class InputError(UserError, ValueError):
@@ -66,10 +67,11 @@ def _doc(key, doc_id, text, extra=None, reason=None) -> dict:
           "reason": reason}
 
 
-def _read_txt(file_no: int, path: str, data: bytes, cfg: ReadConfig):
+def _read_txt(file_no: int, path: str, data: bytes, cfg: ReadConfig,
+              first: int = 0):
   blocks = [data] if cfg.split == "file" else [
       b for b in _BLANK_LINE.split(data) if b.strip()]
-  for pos, block in enumerate(blocks):
+  for pos, block in enumerate(blocks, first):
     text, ok = _decode(block, cfg.on_decode_error)
     yield _doc((file_no, pos), f"{path}#{pos}", text,
                reason=None if ok else "decode_error")
@@ -98,26 +100,32 @@ def _open(path: str):
   return gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw
 
 
-def plan_ranges(files, range_bytes: int) -> List[Tuple]:
+def plan_ranges(files, range_bytes: int, split: str = "file") -> List[Tuple]:
   """Cuts every input file into ranges that workers read independently.
 
-  A range is (file, start, end, first line): the lines whose first byte lies
-  in [start, end) of the decompressed file, and the number of the first of
-  them, so that document keys and ids are those of a whole-file read. A
-  .jsonl(.gz) file larger than range_bytes / 4 on disk is scanned once (a
-  newline count at decompression speed) and cut every range_bytes
-  decompressed bytes; .txt files and smaller files are one range (end None:
-  to the end of the file). A file that cannot be scanned is one range too,
-  so that its reader reports the error.
+  A range is (file, start, end, first): the documents that start in [start,
+  end) of the decompressed file, and the position of the first of them, so
+  that document keys and ids are those of a whole-file read. A .jsonl(.gz)
+  file larger than range_bytes / 4 on disk is scanned once (a newline count
+  at decompression speed) and cut every range_bytes decompressed bytes into
+  ranges of lines. With `split` (ReadConfig.split) "paragraphs", a .txt file
+  larger than range_bytes is scanned once for blank-line separators and cut
+  at the end of the first separator at least range_bytes after the range's
+  start, so a range holds whole blocks; `first` counts the non-empty blocks
+  before it. Other .txt files (one document each) and smaller files are one
+  range (end None: to the end of the file). A file that cannot be scanned is
+  one range too, so that its reader reports the error.
   """
   ranges = []
   for file in files:
     _, path, size = file
-    if path.endswith(".txt") or size <= range_bytes // 4:
+    txt = path.endswith(".txt")
+    if (txt and split == "file") or size <= (
+        range_bytes if txt else range_bytes // 4):
       ranges.append((file, 0, None, 0))
       continue
     try:
-      ranges.extend(_scan(file, range_bytes))
+      ranges.extend((_scan_txt if txt else _scan)(file, range_bytes))
     except (OSError, EOFError, ValueError):
       ranges.append((file, 0, None, 0))
   return ranges
@@ -127,13 +135,49 @@ def _scan(file, range_bytes: int) -> List[Tuple]:
   ranges, start, first = [], 0, 0  # Current range, newlines before it.
   offset, newlines = 0, 0  # Decompressed bytes read, newlines in them.
   with _open(file[1]) as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
+    for chunk in iter(lambda: f.read(_CHUNK), b""):
       while start + range_bytes < offset + len(chunk):  # A cut in chunk.
         cut = start + range_bytes
         ranges.append((file, start, cut, first))
         start, first = cut, newlines + chunk.count(b"\n", 0, cut - offset)
       newlines += chunk.count(b"\n")
       offset += len(chunk)
+  ranges.append((file, start, None, first))
+  return ranges
+
+
+def _scan_txt(file, range_bytes: int) -> List[Tuple]:
+  ranges, start, first = [], 0, 0  # Current range, blocks before it.
+  blocks, nonempty = 0, False  # Non-empty blocks ended; is the open one?
+  buf, buf_at = b"", 0  # Bytes not yet scanned, and their file offset.
+  with _open(file[1]) as f:
+    for chunk in iter(lambda: f.read(_CHUNK), b""):
+      buf += chunk
+      # A separator reaching the trailing spaces of buf may go on in the next
+      # chunk; one ending before them is the whole-file read's separator.
+      final = len(buf.rstrip(b" \t\r\f\v"))
+      done = 0  # buf[:done] ends at a separator (or is carried in nonempty).
+      for m in _BLANK_LINE.finditer(buf):
+        if m.end() >= final:
+          break
+        blocks += nonempty or bool(buf[done:m.start()].strip())
+        nonempty, done = False, m.end()
+        if buf_at + done >= start + range_bytes:
+          ranges.append((file, start, buf_at + done, first))
+          start, first = buf_at + done, blocks
+      # Keep only what a later separator may start at: the newline that
+      # begins buf's trailing whitespace (no separator starts before it).
+      keep = buf.find(b"\n", max(done, len(buf.rstrip())))
+      keep = len(buf) if keep < 0 else keep
+      nonempty = nonempty or bool(buf[done:keep].strip())
+      # Two or more newlines there already are a separator: only what follows
+      # its last newline can still change where it ends (a long blank run is
+      # not rescanned chunk after chunk).
+      last = buf.rfind(b"\n", keep + 1)
+      if last < 0:
+        buf, buf_at = buf[keep:], buf_at + keep
+      else:  # b"\n\n" stands for buf[keep:last + 1], ending at the same byte.
+        buf, buf_at = b"\n\n" + buf[last + 1:], buf_at + last - 1
   ranges.append((file, start, None, first))
   return ranges
 
@@ -149,7 +193,9 @@ def read_range(rng: Tuple, cfg: ReadConfig) -> Iterator[dict]:
   try:
     with _open(path) as f:
       if path.endswith(".txt"):
-        yield from _read_txt(file_no, path, f.read(), cfg)
+        f.seek(start)
+        data = f.read() if end is None else f.read(end - start)
+        yield from _read_txt(file_no, path, data, cfg, pos)
         return
       if start:
         # The line with byte start-1 belongs to the previous range: skip to
