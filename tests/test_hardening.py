@@ -160,10 +160,11 @@ def test_skip_policy_skips_and_counts(tmp_path):
 def test_sigint_saves_at_the_current_step_and_stops(tmp_path):
   # The bit-exact resume after a signal: test_checkpoint.py::test_sigterm_and_resume_is_bit_exact.
   run = tmp_path / "run"
+  before = signal.getsignal(signal.SIGINT)  # SIG_IGN where pytest runs in the background
   with pytest.raises(Preempted, match="stopped by SIGINT at step 3: checkpoint saved in") as e:
     _loop(run, signal_at=3)
   assert e.value.exit_code == 128 + signal.SIGINT
-  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+  assert signal.getsignal(signal.SIGINT) is before  # the caller's handler restored
   assert _ckpts(run) == [2, 3] and [r["step"] for r in _rows(run)] == [1, 2, 3]
   assert json.load(open(run / "checkpoints" / "3" / "data" / "metadata")) == {"batches": 3}
 
