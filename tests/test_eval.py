@@ -61,6 +61,11 @@ def test_choice_scores_equal_hand_computed_loglikelihoods(model):
     np.testing.assert_allclose(lls, hand, atol=2e-4, rtol=1e-5)
     _, ref_greedy = model.score([c for c, _ in item], [x for _, x in item])
     np.testing.assert_array_equal(greedy, ref_greedy)
+  # Packed differently (many groups over several rows, one row per call): the same scores.
+  for (lls, greedy), (ref_lls, ref_greedy) in zip(
+      scoring.score_items(model, ITEMS * 6, batch_size=1), out * 6):
+    np.testing.assert_allclose(lls, ref_lls, atol=2e-5)
+    np.testing.assert_array_equal(greedy, ref_greedy)
   # A continuation longer than max_len: disjoint windows, each after all that precedes it.
   (lls, _), = scoring.score_items(model, [[LONG]])
   tail = LONG[1][48:]

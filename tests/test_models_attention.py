@@ -170,3 +170,20 @@ def test_xla_backend_asks_for_cudnn_on_gpu_and_falls_back(monkeypatch, refuse):
   dot_product_attention(q.astype(jnp.float32), k.astype(jnp.float32), v.astype(jnp.float32),
                         mask, "xla", causal=True)
   assert [c["implementation"] for c in recorder.calls] == [None]
+
+
+def test_prefix_mask_shares_a_context_with_each_continuation():
+  # One row: context (segment 1, positions 0-2), continuations A (segment 2) and B (segment 3)
+  # both positioned after it (3, 4 / 3), then padding (segment 0).
+  seg = jnp.asarray([[1, 1, 1, 2, 2, 3, 0]])
+  prefix = jnp.asarray([[1, 1, 1, 1, 1, 1, 0]])
+  pos = jnp.asarray([[0, 1, 2, 3, 4, 3, 0]])
+  mask = np.asarray(make_mask(pos, pos, seg, seg, q_prefix_BL=prefix))[0, 0]
+  expected = np.array([[1, 0, 0, 0, 0, 0, 0],
+                       [1, 1, 0, 0, 0, 0, 0],
+                       [1, 1, 1, 0, 0, 0, 0],
+                       [1, 1, 1, 1, 0, 0, 0],   # A sees the context and itself
+                       [1, 1, 1, 1, 1, 0, 0],
+                       [1, 1, 1, 0, 0, 1, 0],   # B: the context and itself, never A
+                       [0, 0, 0, 0, 0, 0, 1]], bool)
+  np.testing.assert_array_equal(mask, expected)

@@ -3,21 +3,21 @@
 An item is a list of (context, continuation) text pairs: a question with its answers (one
 context, several continuations) or Winogrande's partial scoring (several contexts, one
 continuation). Pairs are tokenized exactly as `LoadedModel.score` does (lm-evaluation-harness'
-`loglikelihood`), and the pairs of an item whose context tokens are equal form a group whose
-context runs through the model once.
+`loglikelihood`), and the pairs of an item whose context tokens are equal form a group.
 
-Batches: contexts of one padded length (a few sizes: every new shape is a compilation of the
-whole model) go through a prefill that writes them into a KV cache and gives the log-softmax
-at each context's last position, which scores every continuation's first token (on the host;
-a one-token continuation needs nothing more). The remaining continuation tokens, of all the
-batch's groups, are sorted by length and run in chunks of rows as multi-token decode steps,
-each row against its own copy of its context's cache, padded only to the chunk's longest
-continuation. Log-likelihoods are those of one full forward pass per pair (tested against
-`LoadedModel.score`). Pairs too long for the model (context + continuation > max_len + 1
-tokens, where the harness cuts the context on the left) or for a sliding-window cache are
-scored pair by pair instead; a continuation longer than max_len (which the harness cannot
+A group is packed as one sequence: its context, then each continuation but its last token, as
+segments of their own positioned right after the context, attending to the context through the
+model's prefix_ids (and not to each other). The context's last position scores every
+continuation's first token, each continuation position the next token. Groups are packed into
+rows of one length (first fit, longest first), rows into batches of about batch_size x 128
+tokens, and the model computes vocabulary logits only at the scored positions: no padding
+between choices, no KV cache, one compiled shape per task. Log-likelihoods equal those of one
+full forward pass per pair (tested against `LoadedModel.score`). Pairs too long for the model
+(context + continuation > max_len + 1 tokens, where the harness cuts the context on the left)
+are scored pair by pair instead; a continuation longer than max_len (which the harness cannot
 score) in disjoint windows of max_len tokens, each after the tokens before it.
 """
+import dataclasses
 import functools
 from typing import Sequence
 
@@ -25,43 +25,30 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lm.decoding import cache_length, prefill, take_rows
 from lm.decoding import score as harness_scoring
 
 Pair = tuple[str, str]
-MIN_CONTEXT, MIN_CONTINUATION = 16, 4  # smallest padded lengths
-ROWS_PER_CONTEXT = 2  # decode rows per call, per context of the prefill batch
+ROW_TOKENS = 128  # tokens per row of a batch of `batch_size` rows, as the row length grows
+MIN_ROW, MIN_SCORED = 128, 16  # smallest padded row length and scored positions per row
 
 
-def _bucket(n: int, minimum: int, cap: int | None = None) -> int:
-  """A padded length: the power of two >= max(n, minimum), at most cap (and at least n)."""
-  size = 1 << (max(n, minimum) - 1).bit_length()
-  return size if cap is None else max(n, min(size, cap))
-
-
-@functools.partial(jax.jit, static_argnames=("module", "cache_len"))
-def _context_logprobs(module, params, ctx_BP, ctx_len_B, *, cache_len: int):
-  """(log-softmax [B, V] after each left-padded context, the contexts' KV cache)."""
-  logits_BV, cache = prefill(module, params, ctx_BP, ctx_len_B, cache_len=cache_len)
-  return jax.nn.log_softmax(logits_BV), cache
+def _bucket(n: int, minimum: int) -> int:
+  """A padded length: the power of two >= max(n, minimum)."""
+  return 1 << (max(n, minimum) - 1).bit_length()
 
 
 @functools.partial(jax.jit, static_argnames=("module",))
-def _continuation_logprobs(module, params, cache, ctx_N, inputs_NT, targets_NT, scored_N):
-  """(summed log p [N], all-greedy [N]) of targets_NT[:, :scored_N] after context ctx_N (a
-  row of `cache`) and inputs_NT: a continuation without its last token as inputs, without
-  its first (scored from the context's log-softmax) as targets."""
-  t = inputs_NT.shape[1]
-  cache = take_rows(cache, ctx_N)
-  positions_NT = cache.next_pos_B[:, None] + jnp.arange(t)[None, :]
-  logits_NTV, _ = module.apply({"params": params}, inputs_NT, positions_NT, cache=cache,
-                               cache_mode="decode")
-  target_NT = jnp.take_along_axis(logits_NTV, targets_NT[..., None], axis=-1)[..., 0]
-  lp_NT = target_NT - jax.nn.logsumexp(logits_NTV, axis=-1)
-  greedy_NT = jnp.argmax(logits_NTV, axis=-1) == targets_NT
-  scored_NT = jnp.arange(t)[None, :] < scored_N[:, None]
-  return (jnp.where(scored_NT, lp_NT, 0.0).sum(axis=1),
-          (greedy_NT | ~scored_NT).all(axis=1))
+def _packed_logprobs(module, params, tokens_BR, positions_BR, segments_BR, prefixes_BR, at_BK,
+                     at_E, targets_E):
+  """(log p [B, E], is-greedy [B, E]) of targets_E[b, e] at scored position at_E[b, e] (an
+  index into at_BK, the row positions whose logits are computed)."""
+  logits_BKV = module.apply({"params": params}, tokens_BR, positions_BR, segments_BR,
+                            prefix_ids_BL=prefixes_BR, logits_at_BK=at_BK)
+  rows_B1 = jnp.arange(at_E.shape[0])[:, None]
+  logz_BK = jax.nn.logsumexp(logits_BKV, axis=-1)
+  lp_BE = logits_BKV[rows_B1, at_E, targets_E] - logz_BK[rows_B1, at_E]
+  greedy_BE = jnp.argmax(logits_BKV, axis=-1)[rows_B1, at_E] == targets_E
+  return lp_BE, greedy_BE
 
 
 def score_items(model, items: Sequence[Sequence[Pair]], batch_size: int = 16):
@@ -82,7 +69,7 @@ def score_items(model, items: Sequence[Sequence[Pair]], batch_size: int = 16):
         groups.append((list(context), members))
       else:
         long_pairs += [(i, j) for i, j, _ in members]
-  long_pairs += _score_groups(model, groups, batch_size, out)
+  _score_groups(model, groups, batch_size, out)
   if long_pairs:
     requests, owner = [], []
     for i, j in long_pairs:
@@ -104,62 +91,77 @@ def _windows(context, continuation, max_len: int):
           for s in range(0, len(continuation), max_len)]
 
 
-def _score_groups(model, groups, batch_size: int, out) -> list[tuple[int, int]]:
-  """Fills `out` for the groups, batched by padded context length; returns the (item, pair)
-  indices left for pair-by-pair scoring (a sliding-window cache too short for them)."""
-  cfg, dp = model.config, model.data_parallel_size
-  b = dp * -(-batch_size // dp)  # one batch shape: the last batch of a length is padded
-  by_length: dict[int, list] = {}
-  for group in groups:
-    by_length.setdefault(_bucket(len(group[0]), MIN_CONTEXT, cfg.max_len), []).append(group)
-  left = []
-  for p, shaped in sorted(by_length.items()):
-    # Cache room for the longest continuation of this length: one cache shape per length.
-    room = _bucket(max(len(m[2]) for _, ms in shaped for m in ms) - 1, MIN_CONTINUATION)
-    if cache_length(cfg, p + room) < p + room:  # a ring buffer would overwrite the context
-      left += [(i, j) for _, ms in shaped for i, j, _ in ms]
-      continue
-    shaped.sort(key=lambda g: max(len(m[2]) for m in g[1]))  # similar continuations together
-    for start in range(0, len(shaped), b):
-      _score_batch(model, shaped[start:start + b], b, p, p + room, out)
-  return left
+@dataclasses.dataclass
+class _Row:
+  """One packed row: its tokens and mask inputs, the positions whose logits are needed and the
+  scored (position index, target token, item, pair) events."""
+  tokens: list = dataclasses.field(default_factory=list)
+  positions: list = dataclasses.field(default_factory=list)
+  segments: list = dataclasses.field(default_factory=list)
+  prefixes: list = dataclasses.field(default_factory=list)
+  at: list = dataclasses.field(default_factory=list)
+  events: list = dataclasses.field(default_factory=list)
 
-
-def _score_batch(model, chunk, b: int, p: int, cache_len: int, out):
-  """One prefill of up to b contexts (padded to p), then decode chunks of their rows."""
-  ctx_BP = np.zeros((b, p), np.int32)
-  ctx_len_B = np.ones((b,), np.int32)
-  for r, (context, _) in enumerate(chunk):
-    ctx_BP[r, p - len(context):], ctx_len_B[r] = context, len(context)
-  with model._context():
-    logp_BV, cache = _context_logprobs(model.module, model.params, model._put_batch(ctx_BP),
-                                       model._put_batch(ctx_len_B), cache_len=cache_len)
-  logp_BV = np.asarray(logp_BV)
-  argmax_B = logp_BV.argmax(axis=1)
-  rows = []  # (context row, item, pair, continuation ids) needing a decode step
-  for r, (_, members) in enumerate(chunk):
+  def add(self, context, members):
+    """Appends a group: its context, then each continuation (but its last token)."""
+    context_seg = seg = (self.segments[-1] if self.segments else 0) + 1
+    self.tokens += context
+    self.positions += range(len(context))
+    self.segments += [seg] * len(context)
+    self.prefixes += [seg] * len(context)
+    self.at.append(len(self.tokens) - 1)
+    last = len(self.at) - 1  # the context's last position scores each first token
     for i, j, continuation in members:
-      out[i][0][j] = logp_BV[r, continuation[0]]
-      out[i][1][j] = argmax_B[r] == continuation[0]
-      if len(continuation) > 1:
-        rows.append((r, i, j, continuation))
-  rows.sort(key=lambda row: len(row[3]))
-  n = ROWS_PER_CONTEXT * b
-  for start in range(0, len(rows), n):
-    part = rows[start:start + n]
-    t = _bucket(len(part[-1][3]) - 1, MIN_CONTINUATION)
-    ctx_N = np.zeros((n,), np.int32)
-    inputs_NT = np.zeros((n, t), np.int32)
-    targets_NT = np.zeros((n, t), np.int32)
-    scored_N = np.zeros((n,), np.int32)
-    for k, (r, _, _, continuation) in enumerate(part):
-      ctx_N[k], scored_N[k] = r, len(continuation) - 1
-      inputs_NT[k, :len(continuation) - 1] = continuation[:-1]
-      targets_NT[k, :len(continuation) - 1] = continuation[1:]
-    with model._context():
-      lp_N, greedy_N = _continuation_logprobs(
-          model.module, model.params, cache, *(model._put_batch(x) for x in
-                                               (ctx_N, inputs_NT, targets_NT, scored_N)))
-    for k, (_, i, j, _) in enumerate(part):
-      out[i][0][j] += float(lp_N[k])
-      out[i][1][j] &= bool(greedy_N[k])
+      self.events.append((last, continuation[0], i, j))
+      seg += 1
+      for t, token in enumerate(continuation[:-1]):
+        self.tokens.append(token)
+        self.positions.append(len(context) + t)
+        self.segments.append(seg)
+        self.prefixes.append(context_seg)
+        self.at.append(len(self.tokens) - 1)
+        self.events.append((len(self.at) - 1, continuation[t + 1], i, j))
+
+
+def _packed_length(group) -> int:
+  context, members = group
+  return len(context) + sum(len(m[2]) - 1 for m in members)
+
+
+def _score_groups(model, groups, batch_size: int, out):
+  """Fills `out` for the groups, packed into rows (see the module docstring)."""
+  if not groups:
+    return
+  row_len = _bucket(max(_packed_length(g) for g in groups), MIN_ROW)
+  rows: list[_Row] = []
+  for group in sorted(groups, key=_packed_length, reverse=True):  # first fit decreasing
+    row = next((r for r in rows if len(r.tokens) + _packed_length(group) <= row_len), None)
+    if row is None:
+      rows.append(row := _Row())
+    row.add(*group)
+  dp = model.data_parallel_size
+  b = dp * -(-max(1, batch_size * ROW_TOKENS // row_len) // dp)
+  for start in range(0, len(rows), b):
+    _score_rows(model, rows[start:start + b], b, row_len, out)
+
+
+def _score_rows(model, rows, b: int, row_len: int, out):
+  """One forward pass over up to b packed rows (padding rows are segment 0)."""
+  k = _bucket(max(len(r.at) for r in rows), MIN_SCORED)
+  e = _bucket(max(len(r.events) for r in rows), MIN_SCORED)
+  arrays = {name: np.zeros((b, n), np.int32) for name, n in (
+      ("tokens", row_len), ("positions", row_len), ("segments", row_len),
+      ("prefixes", row_len), ("at", k), ("at_e", e), ("targets", e))}
+  for r, row in enumerate(rows):
+    for name in ("tokens", "positions", "segments", "prefixes", "at"):
+      arrays[name][r, :len(getattr(row, name))] = getattr(row, name)
+    for x, (at, target, _, _) in enumerate(row.events):
+      arrays["at_e"][r, x], arrays["targets"][r, x] = at, target
+  with model._context():
+    lp_BE, greedy_BE = _packed_logprobs(model.module, model.params,
+                                        *(model._put_batch(arrays[name]) for name in arrays))
+  lp_BE, greedy_BE = np.asarray(lp_BE), np.asarray(greedy_BE)
+  for r, row in enumerate(rows):
+    for x, (_, _, i, j) in enumerate(row.events):
+      out[i][0][j] += lp_BE[r, x]
+      out[i][1][j] &= bool(greedy_BE[r, x])

@@ -82,9 +82,12 @@ def write_step(buf_BS, new_BL, index):
 
 
 def make_mask(q_pos_BL, k_pos_BS, q_seg_BL=None, k_seg_BS=None, window: int | None = None,
-              sparse_block: int | None = None, sparse_summary: int = 1, sparse_global: int = 0):
+              sparse_block: int | None = None, sparse_summary: int = 1, sparse_global: int = 0,
+              q_prefix_BL=None):
   """Boolean [B, 1, L, S] mask: causal, within one packed segment, optionally local.
 
+  q_prefix_BL: a second segment each query also sees (a context shared by several packed
+  continuations, each its own segment positioned after it); padding (segment 0) never.
   window: a query sees only its last `window` keys (itself included).
   sparse_block: the fixed block-sparse pattern of Child et al. (2019): a query sees the keys
   of its own block, the last `sparse_summary` keys of every earlier block (a strided pattern)
@@ -98,7 +101,10 @@ def make_mask(q_pos_BL, k_pos_BS, q_seg_BL=None, k_seg_BS=None, window: int | No
     b = sparse_block
     mask_BLS &= (q // b == k // b) | (k % b >= b - sparse_summary) | (k < sparse_global)
   if q_seg_BL is not None:
-    mask_BLS &= q_seg_BL[:, :, None] == k_seg_BS[:, None, :]
+    same_BLS = q_seg_BL[:, :, None] == k_seg_BS[:, None, :]
+    if q_prefix_BL is not None:
+      same_BLS |= (q_prefix_BL[:, :, None] == k_seg_BS[:, None, :]) & (k_seg_BS[:, None, :] > 0)
+    mask_BLS &= same_BLS
   return mask_BLS[:, None]
 
 
@@ -207,7 +213,7 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x_BLD, positions_BL, segment_ids_BL, kv=None, cache_pos_BS=None,
-               index=None):
+               index=None, prefix_ids_BL=None):
     cfg = self.cfg
     d, h, g, k = cfg.d_model, cfg.num_heads, cfg.kv_heads, cfg.dim_per_head
     q_BLHK = DenseGeneral((d,), (h, k), ("embed", "heads", "head_dim"), cfg, name="query")(x_BLD)
@@ -234,7 +240,7 @@ class Attention(nn.Module):
     mask = make_mask(positions_BL, k_pos_BS, q_seg_BL, k_seg_BS,
                      window=cfg.attention_window, sparse_block=cfg.sparse_block_size,
                      sparse_summary=cfg.sparse_summary_tokens,
-                     sparse_global=cfg.sparse_global_tokens)
+                     sparse_global=cfg.sparse_global_tokens, q_prefix_BL=prefix_ids_BL)
     bias_BHLS = None  # built only when used: the default path adds nothing to the scores
     if cfg.positions == "alibi":
       bias_BHLS = alibi_bias(positions_BL, k_pos_BS, h)

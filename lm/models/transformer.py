@@ -30,14 +30,14 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, x_BLD, positions_BL, segment_ids_BL, kv=None, cache_pos_BS=None,
-               index=None):
+               index=None, prefix_ids_BL=None):
     cfg = self.cfg
     drop = lambda y: nn.Dropout(cfg.dropout_rate)(y, deterministic=self.deterministic)
     new_kv = []
 
     def attn(y):
       out = Attention(cfg, self.deterministic, self.cache_mode, self.causal, name="attn")(
-          y, positions_BL, segment_ids_BL, kv, cache_pos_BS, index)
+          y, positions_BL, segment_ids_BL, kv, cache_pos_BS, index, prefix_ids_BL)
       if kv is None:
         return out
       new_kv.append(out[1])
@@ -60,11 +60,11 @@ class _ScanBlock(Block):
   """Block with nn.scan's signature: carry (x, stacked (k, v) cache or None), layer number."""
 
   def __call__(self, carry, layer, positions_BL, segment_ids_BL, cache_pos_BS=None,
-               index=None):
+               index=None, prefix_ids_BL=None):
     x_BLD, kv = carry
     layer_kv = None if kv is None else (kv[0], kv[1], layer)
     x_BLD, kv = super().__call__(x_BLD, positions_BL, segment_ids_BL, layer_kv, cache_pos_BS,
-                                 index)
+                                 index, prefix_ids_BL)
     return (x_BLD, kv), None
 
 
@@ -74,17 +74,22 @@ class Transformer(nn.Module):
   positions and segment_ids describe packed sequences (seqio's decoder_positions and
   decoder_segment_ids); left out, each row is one sequence starting at position 0.
 
+  prefix_ids (with segment_ids, no cache): per token a second segment it also attends to, so
+  that several continuations packed after one shared context each see it (Attention's mask).
+
   With `cache` (a KVCache, see lm.models.attention) it returns (logits, updated cache):
   cache_mode='prefill' runs a prompt batch on an empty cache (segment_ids 1 for real tokens, 0
   for padding); cache_mode='decode' appends tokens at cache.index. The model holds no decoding
-  loop: lm.decoding drives it. last_only: logits of the last column only ([B, 1, vocab]).
+  loop: lm.decoding drives it. last_only: logits of the last column only ([B, 1, vocab]);
+  logits_at_BK: logits of those columns only ([B, K, vocab]).
   """
   cfg: ModelConfig
 
   @nn.compact
   def __call__(self, tokens_BL, positions_BL=None, segment_ids_BL=None,
                deterministic: bool = True, cache: KVCache | None = None,
-               cache_mode: str = "prefill", last_only: bool = False):
+               cache_mode: str = "prefill", last_only: bool = False, prefix_ids_BL=None,
+               logits_at_BK=None):
     cfg = self.cfg
     causal = positions_BL is None and segment_ids_BL is None and cache is None
     if positions_BL is None:
@@ -114,23 +119,25 @@ class Transformer(nn.Module):
       # The carry holds x and the stacked cache; the scanned input is the layer number.
       stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True,
                       "dropout": True}, in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast,
-                                                 nn.broadcast),
+                                                 nn.broadcast, nn.broadcast),
                       length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
       (x_BLD, kv), _ = stack(cfg, name="layers", **block_args)(
           (x_BLD, kv), jnp.arange(cfg.num_layers), positions_BL, segment_ids_BL, cache_pos_BS,
-          index)
+          index, prefix_ids_BL)
     else:
       new_kv = []
       for i in range(cfg.num_layers):
         layer_kv = None if kv is None else (kv[0][i], kv[1][i])
         x_BLD, layer_kv = block(cfg, name=f"layer_{i}", **block_args)(
-            x_BLD, positions_BL, segment_ids_BL, layer_kv, cache_pos_BS, index)
+            x_BLD, positions_BL, segment_ids_BL, layer_kv, cache_pos_BS, index, prefix_ids_BL)
         new_kv.append(layer_kv)
       if kv is not None:
         kv = tuple(zip(*new_kv))
 
     if last_only:
       x_BLD = x_BLD[:, -1:]
+    if logits_at_BK is not None:
+      x_BLD = jnp.take_along_axis(x_BLD, logits_at_BK[..., None], axis=1)
     if cfg.norm_position == "pre":  # post-norm blocks already end in a norm
       x_BLD = Norm(cfg, name="ln_final")(x_BLD)
     if cfg.tie_embeddings:
