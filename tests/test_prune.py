@@ -57,7 +57,7 @@ def _layer_norm(x, scale, eps):
 def test_wanda_input_norms_and_masks_equal_numpy():
   params = _tiny_params()
   tokens = np.random.default_rng(2).integers(0, 24, size=(5, 12)).astype(np.int32)
-  norms = calibration.input_sq_norms(TINY, params, tokens, batch_rows=2)
+  norms = calibration.input_stats(TINY, params, tokens, batch_rows=2)
   embed = np.asarray(params["embed"]["embedding"])[tokens] + np.asarray(
       params["pos_embed"]["embedding"])[np.arange(12)]
   x = _layer_norm(embed, np.asarray(params["layer_0"]["ln_attn"]["scale"]), TINY.norm_eps)
@@ -81,8 +81,8 @@ def test_wanda_on_scanned_layers_equals_unrolled():
   scanned = ModelConfig(**{**TINY.__dict__, "scan_layers": True})
   params = _tiny_params(scanned)
   tokens = np.random.default_rng(3).integers(0, 24, size=(2, 8)).astype(np.int32)
-  norms = calibration.input_sq_norms(scanned, params, tokens)
-  unrolled = calibration.input_sq_norms(*calibration._unscanned(scanned, params), tokens)
+  norms = calibration.input_stats(scanned, params, tokens)
+  unrolled = calibration.input_stats(*calibration._unscanned(scanned, params), tokens)
   for i in range(2):
     np.testing.assert_allclose(norms[("layers", "mlp", "wi", "kernel")][i],
                                unrolled[(f"layer_{i}", "mlp", "wi", "kernel")], rtol=1e-6)

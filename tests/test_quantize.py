@@ -96,7 +96,8 @@ def quantized_dirs(trained_run, tmp_path_factory):
 def test_quantized_dir_decodes_as_its_dequantized_weights(quantized_dirs, trained_run, scheme):
   q = lm.load(quantized_dirs[scheme])
   with open(os.path.join(quantized_dirs[scheme], "model.json")) as f:
-    assert json.load(f)["quantization"] == {"scheme": scheme, "group_size": 16, "skip": []}
+    assert json.load(f)["quantization"] == {"scheme": scheme, "group_size": 16, "skip": [],
+                                            "method": "rtn", "calibration_task": None}
   # every matrix stays quantized on the device: no float copy of the weights is kept
   for k in find_kernels(q.config):
     leaf = get_path(q.params, k.path)

@@ -23,6 +23,16 @@ def parse_args(parser: argparse.ArgumentParser, argv):
   return parser.parse_args(rest), bindings
 
 
+def add_calibration_flags(parser: argparse.ArgumentParser, purpose: str):
+  """--calibration_task/_rows/_len, shared by lm-prune (Wanda) and lm-quantize (GPTQ)."""
+  parser.add_argument("--calibration_task",
+                      help=f"{purpose}'s calibration text: ppl:<file or glob> (the model's "
+                           "tokenizer) or seqio:<task>[:<split>] (default split train)")
+  parser.add_argument("--calibration_rows", type=int, default=64, help="calibration windows")
+  parser.add_argument("--calibration_len", type=int, default=256,
+                      help="tokens per calibration window (at most the model's max_len)")
+
+
 def _search_root(path: str) -> str | None:
   """The directory holding `gin_configs/`, so that includes like 'gin_configs/models/x.gin' resolve."""
   d = os.path.dirname(os.path.abspath(path))

@@ -9,7 +9,7 @@ Recover with lm-train ... --gin.train.init_from="'P'": the pruned weights stay z
 import argparse
 import sys
 
-from lm.cli.common import run_main
+from lm.cli.common import add_calibration_flags, run_main
 
 
 def _main(argv):
@@ -19,12 +19,7 @@ def _main(argv):
   parser.add_argument("--sparsity", type=float, default=0.5, help="fraction of zeros per kernel")
   parser.add_argument("--pattern", default="unstructured", choices=("unstructured", "2:4"))
   parser.add_argument("--method", default="magnitude", choices=("magnitude", "wanda"))
-  parser.add_argument("--calibration_task",
-                      help="Wanda's calibration text: ppl:<file or glob> (the model's "
-                           "tokenizer) or seqio:<task>[:<split>] (default split train)")
-  parser.add_argument("--calibration_rows", type=int, default=64, help="calibration windows")
-  parser.add_argument("--calibration_len", type=int, default=256,
-                      help="tokens per calibration window (at most the model's max_len)")
+  add_calibration_flags(parser, "Wanda")
   parser.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
   parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out_dir")
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)

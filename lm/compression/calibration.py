@@ -1,4 +1,4 @@
-"""Calibration text for Wanda: token windows, and the squared input norms of every dense kernel.
+"""Calibration text for Wanda and GPTQ: token windows, and input statistics of every matrix.
 
 Sources use lm-eval's perplexity-task syntax:
   ppl:<file or glob>       text files (one document each) or .jsonl/.jsonl.gz ("text" field),
@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lm.errors import UserError
-from lm.models.layers import DenseGeneral
+from lm.models.layers import DenseGeneral, Embed
 from lm.models.transformer import Transformer
 
 
@@ -55,17 +55,26 @@ def _unscanned(cfg, params):
   return dataclasses.replace(cfg, scan_layers=False), params
 
 
-@functools.partial(jax.jit, static_argnames="cfg")
-def _batch_sq_norms(cfg, params, tokens_BL):
-  """{module path: sum over the batch's tokens of x_i^2} for every DenseGeneral input x."""
+def _stat(x_NI, gram: bool):
+  return x_NI.T @ x_NI if gram else jnp.sum(jnp.square(x_NI), axis=0)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "gram"))
+def _batch_stats(cfg, params, tokens_BL, gram: bool):
+  """{kernel path: sum over the batch's tokens of x_i^2 (gram: x x^T, [I, I])} for the input x
+  of every DenseGeneral and of the tied output projection (Embed.attend)."""
   sums = {}
 
   def record(next_fun, args, kwargs, context):
-    module = context.module
-    if isinstance(module, DenseGeneral) and context.method_name == "__call__":
-      x_NI = args[0].reshape(-1, math.prod(module.in_shape)).astype(jnp.float32)
-      path = tuple(module.path)
-      sums[path] = sums.get(path, 0.0) + jnp.sum(jnp.square(x_NI), axis=0)
+    module, method = context.module, context.method_name
+    if isinstance(module, DenseGeneral) and method == "__call__":
+      path, size = tuple(module.path) + ("kernel",), math.prod(module.in_shape)
+    elif isinstance(module, Embed) and method == "attend":
+      path, size = tuple(module.path) + ("embedding",), args[0].shape[-1]
+    else:
+      return next_fun(*args, **kwargs)
+    x_NI = args[0].reshape(-1, size).astype(jnp.float32)
+    sums[path] = sums.get(path, 0.0) + _stat(x_NI, gram)
     return next_fun(*args, **kwargs)
 
   with nn.intercept_methods(record):
@@ -73,17 +82,17 @@ def _batch_sq_norms(cfg, params, tokens_BL):
   return sums
 
 
-def input_sq_norms(cfg, params, tokens_RL: np.ndarray, batch_rows: int = 8) -> dict:
-  """{kernel path: [(layers,) I] sum of squared inputs over all calibration tokens}."""
+def input_stats(cfg, params, tokens_RL: np.ndarray, gram: bool = False,
+                batch_rows: int = 8) -> dict:
+  """{kernel path: [(layers,) I] sum of squared inputs over all calibration tokens (Wanda), or
+  with gram=True [(layers,) I, I] sum of x x^T (GPTQ's Hessian, up to a factor of 2)}."""
   ucfg, uparams = _unscanned(cfg, params)
   total = None
   for start in range(0, len(tokens_RL), batch_rows):
-    sums = _batch_sq_norms(ucfg, uparams, jnp.asarray(tokens_RL[start:start + batch_rows]))
+    sums = _batch_stats(ucfg, uparams, jnp.asarray(tokens_RL[start:start + batch_rows]), gram)
     total = sums if total is None else jax.tree.map(jnp.add, total, sums)
-  out = {}
-  for path, value in total.items():
-    out[path + ("kernel",)] = np.asarray(value)
-  if cfg.scan_layers:  # restack layer_i/... as layers/... [L, I]
+  out = {path: np.asarray(value) for path, value in total.items()}
+  if cfg.scan_layers:  # restack layer_i/... as layers/... [L, ...]
     names = {p[1:] for p in out if p[0].startswith("layer_")}
     out.update({("layers",) + n: np.stack([out[(f"layer_{i}",) + n]
                                            for i in range(cfg.num_layers)]) for n in names})

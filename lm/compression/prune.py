@@ -88,7 +88,7 @@ def prune_dir(model_dir: str, out_dir: str, sparsity: float, pattern: str,
   """lm-prune: writes out_dir, a normal model dir with model_dir's weights pruned; its
   model.json's "pruning" entry lists the kernels, which lm-train's init_from keeps at zero.
   Returns {kernel name: fraction of zeros}."""
-  from lm.compression.calibration import calibration_tokens, input_sq_norms
+  from lm.compression.calibration import calibration_tokens, input_stats
   from lm.compression.dirs import load_float, write_dir
   check_args(sparsity, pattern, method)
   if method == "wanda" and not calibration_task:
@@ -98,7 +98,7 @@ def prune_dir(model_dir: str, out_dir: str, sparsity: float, pattern: str,
   if method == "wanda":
     length = min(calibration_len or 256, model.config.max_len)
     tokens = calibration_tokens(model, calibration_task, calibration_rows, length)
-    norms = input_sq_norms(model.config, model.params, tokens)
+    norms = input_stats(model.config, model.params, tokens)
   params, sparsities = prune_params(model.params, model.config, sparsity, pattern, method,
                                     norms)
   entry = {"sparsity": sparsity, "pattern": pattern, "method": method,

@@ -30,7 +30,7 @@ from lm.models.layers import DenseGeneral, Embed
 from lm.models.transformer import Transformer
 
 SCHEMES = {"int8": 8, "int4": 4}
-_QMAX = {8: 127, 4: 7}
+QMAX = {8: 127, 4: 7}
 
 
 def group_for(in_size: int, bits: int, group_size: int) -> int:
@@ -58,7 +58,7 @@ def quantize_2d(w_IO, bits: int, group: int) -> dict:
   """W [..., I, O] -> {"q", "scale"} (see the module docstring)."""
   *lead, i, o = w_IO.shape
   w = w_IO.astype(jnp.float32).reshape(tuple(lead) + (i // group, group, o))
-  qmax = _QMAX[bits]
+  qmax = QMAX[bits]
   scale = jnp.max(jnp.abs(w), axis=-2) / qmax  # [..., I/G, O]
   safe = jnp.where(scale == 0, 1.0, scale)[..., None, :]
   q = jnp.clip(jnp.round(w / safe), -qmax, qmax).astype(jnp.int8).reshape(w_IO.shape)
@@ -227,13 +227,23 @@ def check_meta(meta: dict) -> dict:
   return meta
 
 
+METHODS = ("rtn", "gptq")
+
+
 def quantize_dir(model_dir: str, out_dir: str, scheme: str, group_size: int = 128, skip=(),
-                 step: int | None = None, overwrite: bool = False) -> dict:
+                 step: int | None = None, overwrite: bool = False, method: str = "rtn",
+                 calibration_task: str | None = None, calibration_rows: int = 64,
+                 calibration_len: int | None = None) -> dict:
   """lm-quantize: writes out_dir, the quantized copy of model_dir's (latest or `step`)
-  weights; returns {"float_bytes", "quantized_bytes", "quantized": [matrix names]}."""
+  weights, rounded to nearest (rtn) or by GPTQ on calibration text (lm.compression.gptq);
+  returns {"float_bytes", "quantized_bytes", "quantized": [matrix names]}."""
   from lm.compression.dirs import load_float, write_dir
   if scheme not in SCHEMES:
     raise UserError(f"unknown --scheme {scheme!r} (int8 | int4)")
+  if method not in METHODS:
+    raise UserError(f"unknown --method {method!r} (rtn | gptq)")
+  if method == "gptq" and not calibration_task:
+    raise UserError("--method gptq needs --calibration_task (ppl:FILES or seqio:TASK)")
   if group_size < 1:
     raise UserError(f"--group_size must be >= 1, got {group_size}")
   model = load_float(model_dir, step)
@@ -243,9 +253,18 @@ def quantize_dir(model_dir: str, out_dir: str, scheme: str, group_size: int = 12
   if unknown:
     raise UserError(f"--skip {','.join(unknown)}: no matrix path has such a component "
                     f"(e.g. embed, unembed, pos_embed, attn, mlp, layer_0)")
-  qparams = jax.jit(functools.partial(quantize_params, cfg=cfg, scheme=scheme,
-                                      group_size=group_size, skip=skip))(model.params)
-  meta = {"scheme": scheme, "group_size": group_size, "skip": list(skip)}
+  if method == "gptq":
+    from lm.compression.calibration import calibration_tokens, input_stats
+    from lm.compression.gptq import gptq_params
+    length = min(calibration_len or 256, cfg.max_len)
+    tokens = calibration_tokens(model, calibration_task, calibration_rows, length)
+    grams = input_stats(cfg, model.params, tokens, gram=True)
+    qparams = gptq_params(model.params, cfg, scheme, group_size, skip, grams)
+  else:
+    qparams = jax.jit(functools.partial(quantize_params, cfg=cfg, scheme=scheme,
+                                        group_size=group_size, skip=skip))(model.params)
+  meta = {"scheme": scheme, "group_size": group_size, "skip": list(skip), "method": method,
+          "calibration_task": calibration_task if method == "gptq" else None}
   write_dir(out_dir, model_dir, model, qparams, ("quantization", meta), overwrite)
   return {"float_bytes": param_bytes(model.params), "quantized_bytes": param_bytes(qparams),
           "quantized": [k.name for k in selected_kernels(cfg, SCHEMES[scheme], skip)]}
