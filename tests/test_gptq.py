@@ -1,0 +1,106 @@
+"""GPTQ (lm.compression.gptq, lm-quantize --method gptq): round-to-nearest when the inputs are
+uncorrelated, the blocked code equals the textbook row-by-row algorithm, the layer's output
+error on the calibration inputs is far below round-to-nearest's, and the written directory
+runs like any quantized one."""
+import json
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import lm
+from lm.api import LoadedModel
+from lm.cli import quantize as quantize_cli
+from lm.compression import gptq, quantize
+
+
+def _correlated_inputs(n, i, seed):
+  rng = np.random.default_rng(seed)
+  mix = rng.normal(size=(i, i)) * 0.3 + np.eye(i)
+  return (rng.normal(size=(n, i)) @ mix).astype(np.float32)  # [N, I]
+
+
+def _row_by_row(w_IO, h_II, bits, group, damp=0.01):
+  """GPTQ as the paper's Algorithm 1 states it, one row at a time, in float64."""
+  qmax = 127 if bits == 8 else 7
+  w = w_IO.astype(np.float64).copy()
+  h = h_II + damp * np.mean(np.diag(h_II)) * np.eye(len(h_II))
+  u = np.linalg.cholesky(np.linalg.inv(h)).T  # upper: H^-1 = U^T U
+  q = np.zeros(w.shape)
+  scale = None
+  for i in range(len(w)):
+    if i % group == 0:
+      scale = np.abs(w[i:i + group]).max(axis=0) / qmax
+    q[i] = np.clip(np.round(w[i] / scale), -qmax, qmax)
+    err = (w[i] - q[i] * scale) / u[i, i]
+    w[i + 1:] -= np.outer(u[i, i + 1:], err)
+  return q
+
+
+def _values(leaf):
+  q = leaf["q"]
+  return np.asarray(quantize.unpack_int4(jnp.asarray(q)) if q.dtype == np.uint8 else q)
+
+
+@pytest.mark.parametrize("bits, group", [(8, 48), (4, 8), (4, 12)])
+def test_blocked_gptq_equals_the_row_by_row_algorithm(bits, group):
+  x = _correlated_inputs(200, 48, 0)
+  w = np.random.default_rng(1).normal(size=(48, 5)).astype(np.float32)
+  h = (x.T @ x).astype(np.float64)
+  leaf = gptq.gptq_2d(w, h, bits, group, block=16)
+  np.testing.assert_array_equal(_values(leaf), _row_by_row(w, h, bits, group))
+  assert leaf["scale"].shape == (48 // group, 5)
+
+
+def test_uncorrelated_inputs_give_round_to_nearest():
+  w = np.random.default_rng(2).normal(size=(32, 6)).astype(np.float32)
+  h = np.diag(np.random.default_rng(3).uniform(0.5, 2.0, size=32))
+  for bits, group in ((8, 32), (4, 8)):
+    leaf = gptq.gptq_2d(w, h, bits, group)
+    rtn = quantize.quantize_2d(jnp.asarray(w), bits, group)
+    np.testing.assert_array_equal(leaf["q"], rtn["q"])
+    np.testing.assert_allclose(leaf["scale"], rtn["scale"], rtol=1e-6)
+
+
+def test_gptq_output_error_is_well_below_round_to_nearest():
+  x = _correlated_inputs(400, 64, 4)
+  w = np.random.default_rng(5).normal(size=(64, 16)).astype(np.float32)
+  ours = gptq.gptq_2d(w, x.T @ x, bits=4, group=16)
+  rtn = quantize.quantize_2d(jnp.asarray(w), 4, 16)
+  err = {name: np.sum((x @ (np.asarray(quantize.dequantize_2d(leaf)) - w)) ** 2)
+         for name, leaf in (("gptq", ours), ("rtn", rtn))}
+  assert err["gptq"] < 0.7 * err["rtn"], err  # 0.62 here
+
+
+def test_lm_quantize_gptq_dir_runs_as_its_dequantized_weights(trained_run, tmp_path):
+  calib = tmp_path / "calib.txt"
+  calib.write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n" * 8)
+  out = str(tmp_path / "q")
+  with pytest.raises(SystemExit) as e:
+    quantize_cli.main([f"--model_dir={trained_run}", f"--out_dir={out}", "--scheme=int4",
+                       "--group_size=16", "--method=gptq", f"--calibration_task=ppl:{calib}",
+                       "--calibration_rows=4", "--calibration_len=32"])
+  assert e.value.code == 0
+  with open(os.path.join(out, "model.json")) as f:
+    assert json.load(f)["quantization"] == {
+        "scheme": "int4", "group_size": 16, "skip": [], "method": "gptq",
+        "calibration_task": f"ppl:{calib}"}
+  q = lm.load(out)
+  assert q.params["layer_0"]["mlp"]["wi"]["kernel"]["q"].dtype == jnp.uint8
+  deq = LoadedModel(config=q.config, params=quantize.dequantize_params(q.params, q.config),
+                    tokenizer=q.tokenizer)
+  np.testing.assert_allclose(q.score_rolling(["ROMEO:"]), deq.score_rolling(["ROMEO:"]),
+                             rtol=1e-5)
+  # the GPTQ weights differ from round-to-nearest's (the calibration moved them)
+  rtn = quantize.quantize_params(lm.load(trained_run).params, q.config, "int4", 16)
+  assert not np.array_equal(q.params["layer_0"]["mlp"]["wi"]["kernel"]["q"],
+                            rtn["layer_0"]["mlp"]["wi"]["kernel"]["q"])
+
+
+def test_gptq_without_calibration_is_a_user_error(trained_run, tmp_path, capsys):
+  with pytest.raises(SystemExit) as e:
+    quantize_cli.main([f"--model_dir={trained_run}", f"--out_dir={tmp_path / 'q'}",
+                       "--scheme=int8", "--method=gptq"])
+  assert e.value.code == 2 and "--calibration_task" in capsys.readouterr().err
+  assert not (tmp_path / "q").exists()
