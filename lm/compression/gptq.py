@@ -7,11 +7,14 @@ are quantized in order; after row i, the remaining rows absorb its error through
 Cholesky factor U of H^-1 (dampened by 1 % of mean(diag H)):
   W[j] -= U[i, j] / U[i, i] * (W[i] - Q[i])   for j > i,
 which minimises ||X W - X Q||^2 row by row (the OBS update). Scales are those of round-to-
-nearest (lm.compression.quantize: symmetric, max |W| / qmax per output column of each group),
-taken from the updated rows when a group starts. Statistics come from the float model in one
-pass (every matrix sees float inputs), not layer by layer as in the paper's sequential variant.
-Updates are applied in blocks of about 128 rows, whole groups (the paper's lazy batch): the
-same result, fewer passes over W.
+nearest's format (lm.compression.quantize: symmetric, one scale per output column of each
+group of consecutive input rows). By default rows go in order of decreasing H diagonal
+(act-order: the most active inputs first, while the most rows remain to absorb their error),
+so each group's scale is fixed beforehand from the float weights (static groups), chosen
+among max |W| x (1, 0.95, ..., 0.5) / qmax by its rounding error. Statistics come from the
+float model in one pass (every matrix sees float inputs), not layer by layer as in the paper's
+sequential variant. Updates are applied in blocks of about 128 rows (the paper's lazy batch):
+the same result, fewer passes over W.
 """
 import numpy as np
 
@@ -27,31 +30,58 @@ def _upper_cholesky_of_inverse(h_II: np.ndarray, damp: float) -> np.ndarray:
   return np.linalg.cholesky(h_inv.T @ h_inv).T  # U, H^-1 = U^T U
 
 
+def _group_scales(w_gO: np.ndarray, qmax: int, clip: bool) -> np.ndarray:
+  """Per-column scales of a group of rows: max |w| / qmax, or with `clip` the scale among
+  max |w| x (1, 0.95, ..., 0.5) / qmax whose round-to-nearest squared error is smallest."""
+  top = np.max(np.abs(w_gO), axis=0)
+  best, best_err = top / qmax, None
+  for ratio in (np.linspace(1.0, 0.5, 11) if clip else (1.0,)):
+    scale = top * ratio / qmax
+    safe = np.where(scale == 0, 1.0, scale)
+    err = np.sum((w_gO - np.clip(np.round(w_gO / safe), -qmax, qmax) * scale) ** 2, axis=0)
+    if best_err is None:
+      best_err = err
+    better = err < best_err
+    best, best_err = np.where(better, scale, best), np.minimum(err, best_err)
+  return best
+
+
 def gptq_2d(w_IO: np.ndarray, h_II: np.ndarray, bits: int, group: int, damp: float = 0.01,
-            block: int = 128) -> dict:
-  """W [I, O] and H [I, I] -> {"q", "scale"} in quantize_2d's format (int4 packed)."""
+            block: int = 128, act_order: bool = True, clip: bool = True) -> dict:
+  """W [I, O] and H [I, I] -> {"q", "scale"} in quantize_2d's format (int4 packed).
+
+  act_order: quantize rows by decreasing H diagonal (the most active inputs first), with each
+  group's scales then taken from the float weights before any update (static groups, so the
+  stored layout is unchanged); clip: choose each scale by _group_scales' error search."""
   qmax = quantize.QMAX[bits]
   w = np.array(w_IO, np.float64)
   h = np.array(h_II, np.float64)
   dead = np.diag(h) == 0  # inputs that were always zero: any value is exact, use 0
   h[dead, dead] = 1
   w[dead] = 0
-  u = _upper_cholesky_of_inverse(h, damp)
   i_size, o_size = w.shape
-  if group < i_size:  # a group's rows must be up to date when its scale is taken
-    block = group * max(1, block // group)
-  q = np.zeros(w.shape, np.int8)
   scales = np.zeros((i_size // group, o_size), np.float32)
+  order = np.arange(i_size)
+  if act_order:
+    for g in range(i_size // group):
+      scales[g] = _group_scales(w[g * group:(g + 1) * group], qmax, clip)
+    order = np.argsort(-np.diag(h), kind="stable")
+    w, h = w[order], h[order][:, order]
+  elif group < i_size:  # a group's rows must be up to date when its scale is taken
+    block = group * max(1, block // group)
+  u = _upper_cholesky_of_inverse(h, damp)
+  q = np.zeros(w.shape, np.int8)
   for b0 in range(0, i_size, block):
     b1 = min(b0 + block, i_size)
     err = np.zeros((b1 - b0, o_size))
     for i in range(b0, b1):
-      if i % group == 0:
-        scales[i // group] = np.max(np.abs(w[i:i + group]), axis=0) / qmax
-      scale = scales[i // group].astype(np.float64)
+      row = order[i]  # the row's index in W's own order
+      if not act_order and i % group == 0:
+        scales[i // group] = _group_scales(w[i:i + group], qmax, clip)
+      scale = scales[row // group].astype(np.float64)
       safe = np.where(scale == 0, 1.0, scale)
-      q[i] = np.clip(np.round(w[i] / safe), -qmax, qmax)
-      err[i - b0] = (w[i] - q[i] * scale) / u[i, i]
+      q[row] = np.clip(np.round(w[i] / safe), -qmax, qmax)
+      err[i - b0] = (w[i] - q[row] * scale) / u[i, i]
       w[i + 1:b1] -= np.outer(u[i, i + 1:b1], err[i - b0])
     w[b1:] -= u[b0:b1, b1:].T @ err
   return {"q": np.asarray(quantize.pack_int4(q)) if bits == 4 else q, "scale": scales}
