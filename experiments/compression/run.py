@@ -2,7 +2,8 @@
 
   python experiments/compression/run.py --work_dir /tmp/compression [--models char smollm2]
 
-For each model: fp32, bf16 (weights and compute), lm-quantize int8 and int4 g128, lm-prune
+For each model: fp32, bf16 (weights and compute), lm-quantize int8, int4 g128 and int4 g128
+with GPTQ (calibrated like Wanda), lm-prune
 magnitude 50 % unstructured, 2:4 magnitude and 2:4 Wanda, and (char model only) each pruned
 variant after a recovery fine-tune of 10 % of the original 2,000 steps with lm-train init_from.
 Prints one markdown table per model and writes results.json to --work_dir.
@@ -140,12 +141,14 @@ def run_model(key, work, args):
   variants = []  # (name, a function returning the LoadedModel)
   variants.append(("fp32", lambda: lm.load(model_dir)))
   variants.append(("bf16", lambda: bf16(lm.load(model_dir))))
-  for scheme in ("int8", "int4"):
-    out = os.path.join(work, f"{key}_{scheme}")
+  for name, scheme, method in (("int8", "int8", "rtn"), ("int4 g128", "int4", "rtn"),
+                               ("int4 g128 GPTQ", "int4", "gptq")):
+    out = os.path.join(work, f"{key}_{scheme}" + ("_gptq" if method == "gptq" else ""))
     if not os.path.isdir(out):
-      quantize.quantize_dir(model_dir, out, scheme, group_size=128)
-    variants.append((scheme if scheme == "int8" else "int4 g128",
-                     lambda out=out: lm.load(out)))
+      quantize.quantize_dir(model_dir, out, scheme, group_size=128, method=method,
+                            calibration_task=calib, calibration_rows=64,
+                            calibration_len=calib_len)
+    variants.append((name, lambda out=out: lm.load(out)))
   for name, spec in PRUNED.items():
     out = os.path.join(work, f"{key}_{slug(name)}")
     if not os.path.isdir(out):
