@@ -1,23 +1,25 @@
 """What compression costs: bytes, validation loss and decode speed of quantized and pruned models.
 
-  python experiments/compression/run.py --work_dir /tmp/compression [--models char smollm2]
+  python experiments/compression/run.py --work_dir /tmp/compression [--models char spm smollm2]
 
 For each model: fp32, bf16 (weights and compute), lm-quantize int8, int4 g128 and int4 g128
 with GPTQ (calibrated like Wanda), lm-prune
-magnitude 50 % unstructured, 2:4 magnitude and 2:4 Wanda, and (char model only) each pruned
+magnitude 50 % unstructured, 2:4 magnitude and 2:4 Wanda, and (Shakespeare models) each pruned
 variant after a recovery fine-tune of 10 % of the original 2,000 steps with lm-train init_from.
 Prints one markdown table per model and writes results.json to --work_dir.
 
   char     the Shakespeare char model (gin_configs/runs/shakespeare_char_cpu.gin, trained here
            if --work_dir/char has no checkpoint); validation: the first --val_chars characters
            of the validation split (the corpus' last 10 %), scored in windows of 64 with 32
-           tokens of context; Wanda calibrates on 64 windows of the train split.
+           tokens of context; Wanda and GPTQ calibrate on 64 windows of the train split.
+  spm      the same recipe on tiny_shakespeare_spm (SentencePiece, 1024 pieces), same texts.
   smollm2  SmolLM2-135M-Instruct imported from the Q4_1 GGUF in ../shared/models (real
            weights); validation: the first --val_docs LAMBADA passages (context + answer,
            ../shared/evaldata), calibration: 64 windows of 128 tokens from passages 1000-1499.
            No recovery fine-tune (too slow for a shared 2-core CPU).
-Decode speed: greedy, prompt of 8 tokens, --new_tokens new tokens (char: 3x) without early EOS,
-batch 1 and 32, the best of --repeats calls after one that compiles, one JAX CPU device.
+Decode speed: greedy, prompt of 8 tokens, --new_tokens new tokens (Shakespeare models: 3x)
+without early EOS, batch 1 and 32, the best of --repeats calls after one that compiles, one JAX
+CPU device.
 """
 import argparse
 import dataclasses
@@ -37,6 +39,9 @@ GGUF = os.path.join(SHARED, "models", "smollm2-135m-instruct", "SmolLM2-135M-Ins
 LAMBADA = os.path.join(SHARED, "evaldata", "lambada", "lambada_openai.jsonl")
 CHAR_RUN = os.path.join(REPO, "gin_configs", "runs", "shakespeare_char_cpu.gin")
 CHAR_STEPS = 2000
+# The SentencePiece model: the char recipe on tiny_shakespeare_spm (1024 pieces).
+BINDINGS = {"char": [], "spm": ["--gin.TASK='tiny_shakespeare_spm'",
+                                "--gin.ModelConfig.vocab_size=1024"]}
 
 PRUNED = {"magnitude 50% unstructured": dict(sparsity=0.5, pattern="unstructured",
                                              method="magnitude"),
@@ -63,12 +68,12 @@ def write_jsonl(path, texts):
       f.write(json.dumps({"text": t}) + "\n")
 
 
-def prepare_char(work, val_chars):
-  """(model dir, validation texts, calibration source) of the Shakespeare char model."""
-  model_dir = os.path.join(work, "char")
+def prepare_shakespeare(work, key, val_chars):
+  """(model dir, validation texts, calibration source) of the Shakespeare char or SPM model."""
+  model_dir = os.path.join(work, key)
   if not os.path.isdir(os.path.join(model_dir, "checkpoints", str(CHAR_STEPS))):
     sh(bin_path("lm-train"), f"--gin_file={CHAR_RUN}", f"--model_dir={model_dir}",
-       "--gin.sample_after_training.num_tokens=50")
+       "--gin.sample_after_training.num_tokens=50", *BINDINGS[key])
   text = open(os.path.join(REPO, "lm", "data", "assets", "tinyshakespeare.txt")).read()
   cut = int(len(text) * 0.9)
   calib = os.path.join(work, "char_calibration.txt")
@@ -117,23 +122,23 @@ def bf16(model):
   return LoadedModel(config=cfg, params=params, task=model.task, tokenizer=model.tokenizer)
 
 
-def recover(work, name, pruned_dir, steps):
-  """lm-train from the pruned dir for `steps` steps of the char recipe (masks kept)."""
-  out = os.path.join(work, "char_recovered_" + slug(name))
+def recover(work, key, name, pruned_dir, steps):
+  """lm-train from the pruned dir for `steps` steps of the model's recipe (masks kept)."""
+  out = os.path.join(work, f"{key}_recovered_" + slug(name))
   if not os.path.isdir(os.path.join(out, "checkpoints", str(steps))):
     sh(bin_path("lm-train"), f"--gin_file={CHAR_RUN}", f"--model_dir={out}",
        f"--gin.train.init_from='{pruned_dir}'", f"--gin.TRAIN_STEPS={steps}",
        "--gin.LEARNING_RATE=3e-4", "--gin.OptimizerConfig.warmup_steps=10",
        "--gin.OptimizerConfig.end_learning_rate=3e-5", f"--gin.CHECKPOINT_EVERY={steps}",
-       f"--gin.EVAL_EVERY={steps}", "--gin.sample_after_training.num_tokens=50")
+       f"--gin.EVAL_EVERY={steps}", "--gin.sample_after_training.num_tokens=50", *BINDINGS[key])
   return out
 
 
 def run_model(key, work, args):
   import lm
   from lm.compression import prune, quantize
-  if key == "char":
-    model_dir, texts, calib = prepare_char(work, args.val_chars)
+  if key in BINDINGS:
+    model_dir, texts, calib = prepare_shakespeare(work, key, args.val_chars)
     context_len, calib_len, new_tokens = 32, 64, 3 * args.new_tokens  # 8 + 48 <= max_len
   else:
     model_dir, texts, calib = prepare_smollm2(work, args.val_docs)
@@ -155,8 +160,8 @@ def run_model(key, work, args):
       prune.prune_dir(model_dir, out, **spec, calibration_task=calib,
                       calibration_rows=64, calibration_len=calib_len)
     variants.append((name, lambda out=out: lm.load(out)))
-    if key == "char":
-      rec = recover(work, name, out, CHAR_STEPS // 10)
+    if key in BINDINGS:
+      rec = recover(work, key, name, out, CHAR_STEPS // 10)
       variants.append((name + " + recovery", lambda rec=rec: lm.load(rec)))
   rows = []
   for name, make in variants:
@@ -189,11 +194,11 @@ def table(key, rows) -> str:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--work_dir", default="/tmp/compression")
-  parser.add_argument("--models", nargs="+", default=["char", "smollm2"],
-                      choices=["char", "smollm2"])
+  parser.add_argument("--models", nargs="+", default=["char", "spm", "smollm2"],
+                      choices=["char", "spm", "smollm2"])
   parser.add_argument("--val_chars", type=int, default=20000)
   parser.add_argument("--val_docs", type=int, default=40)
-  parser.add_argument("--new_tokens", type=int, default=16, help="(char model: 3x as many)")
+  parser.add_argument("--new_tokens", type=int, default=16, help="(Shakespeare models: 3x as many)")
   parser.add_argument("--repeats", type=int, default=3, help="timed decode calls (best kept)")
   args = parser.parse_args()
   os.makedirs(args.work_dir, exist_ok=True)
