@@ -16,6 +16,7 @@ import sys
 
 from lm.cli.common import run_main
 from lm.errors import UserError
+from lm.jsonl import read_jsonl
 
 
 def _parser():
@@ -44,21 +45,12 @@ def _parser():
 
 
 def _read_prompts(path: str) -> list[str]:
-  if not os.path.exists(path):
-    raise UserError(f"prompt file not found: {path}")
   prompts = []
-  with open(path, encoding="utf-8") as f:
-    for n, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise UserError(f"{path}:{n}: not JSON ({e.msg})") from None
-      prompt = record.get("prompt") if isinstance(record, dict) else record
-      if not isinstance(prompt, str):
-        raise UserError(f"{path}:{n}: expected {{\"prompt\": \"...\"}} or a JSON string")
-      prompts.append(prompt)
+  for n, record in read_jsonl(path, missing=f"prompt file not found: {path}"):
+    prompt = record.get("prompt") if isinstance(record, dict) else record
+    if not isinstance(prompt, str):
+      raise UserError(f"{path}:{n}: expected {{\"prompt\": \"...\"}} or a JSON string")
+    prompts.append(prompt)
   if not prompts:
     raise UserError(f"{path} holds no prompts")
   return prompts

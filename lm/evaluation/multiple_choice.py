@@ -17,12 +17,12 @@ documents in file order. Few-shot examples come from the same file (lm.evaluatio
 by default drawn as the harness draws them, so few-shot prompts equal the harness's).
 """
 import dataclasses
-import json
 import os
 from typing import Sequence
 
 import numpy as np
 
+from lm import jsonl
 from lm.errors import UserError
 from lm.evaluation import fewshot, metrics, scoring
 from lm.evaluation.registry import TaskResult, register
@@ -54,14 +54,10 @@ class Doc:
 
 
 def read_jsonl(path: str) -> list[dict]:
-  """The records of a JSON-lines file; a missing or malformed file is a UserError."""
-  if not os.path.exists(path):
-    raise UserError(f"{path} does not exist (is --data_dir right? see ../shared/evaldata/README.md)")
-  with open(path, encoding="utf-8") as f:
-    try:
-      return [json.loads(line) for line in f if line.strip()]
-    except json.JSONDecodeError as e:
-      raise UserError(f"{path}: not JSON lines ({e})") from None
+  """The records of a benchmark's JSON-lines file; a missing or malformed file is a UserError."""
+  return [record for _, record in jsonl.read_jsonl(
+      path, missing=f"{path} does not exist (is --data_dir right? see "
+                    "../shared/evaldata/README.md)")]
 
 
 def _arc(name):

@@ -30,6 +30,7 @@ import numpy as np
 from lm import tokenizers
 from lm.data import chat_templates  # TF-free
 from lm.errors import UserError
+from lm.jsonl import read_jsonl
 
 REFERENCE_MODES = ("cached", "online", "none")
 CACHE_FILE = "reference_logps.npz"
@@ -59,21 +60,8 @@ class Pair:
 
 def read_pairs(path: str) -> list[dict]:
   """The records of a preference JSONL file, checked (one UserError naming file and line)."""
-  if not os.path.isfile(path):
-    raise UserError(f"preference file not found: {path!r}")
   records = []
-  with open(path, encoding="utf-8") as f:
-    try:
-      lines = f.readlines()
-    except UnicodeDecodeError as e:
-      raise UserError(f"{path}: invalid UTF-8 ({e})") from None
-  for n, line in enumerate(lines, 1):
-    if not line.strip():
-      continue
-    try:
-      record = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise UserError(f"{path}:{n}: not JSON ({e})") from None
+  for n, record in read_jsonl(path, missing=f"preference file not found: {path!r}"):
     if not isinstance(record, dict) or not all(isinstance(record.get(k), str)
                                                for k in ("chosen", "rejected")):
       raise UserError(f"{path}:{n}: expected an object with string 'chosen' and 'rejected'")
