@@ -25,7 +25,9 @@ def _parser():
   parser.add_argument("--tasks", required=True, help="comma-separated task names")
   parser.add_argument("--num_fewshot", type=int, default=0)
   parser.add_argument("--limit", type=int, help="evaluate the first N documents of each task")
-  parser.add_argument("--batch_size", type=int, default=16, help="contexts per forward pass")
+  parser.add_argument("--batch_size", type=int, default=16,
+                      help="work per forward pass (multiple choice: about B x 128 tokens of packed "
+                           "rows)")
   parser.add_argument("--seed", type=int, default=1234, help="few-shot example draws")
   parser.add_argument("--fewshot_sampling", choices=("harness", "per_document"),
                       default="harness", help="harness: lm-evaluation-harness's draws "
