@@ -28,7 +28,7 @@ import numpy as np
 from lm.decoding import score as harness_scoring
 
 Pair = tuple[str, str]
-ROW_TOKENS = 128  # tokens per row of a batch of `batch_size` rows, as the row length grows
+ROW_TOKENS = 128  # a forward pass holds about batch_size x ROW_TOKENS tokens
 MIN_ROW, MIN_SCORED = 128, 16  # smallest padded row length and scored positions per row
 
 
@@ -39,22 +39,23 @@ def _bucket(n: int, minimum: int) -> int:
 
 @functools.partial(jax.jit, static_argnames=("module",))
 def _packed_logprobs(module, params, tokens_BR, positions_BR, segments_BR, prefixes_BR, at_BK,
-                     at_E, targets_E):
-  """(log p [B, E], is-greedy [B, E]) of targets_E[b, e] at scored position at_E[b, e] (an
+                     at_BE, targets_BE):
+  """(log p [B, E], is-greedy [B, E]) of targets_BE[b, e] at scored position at_BE[b, e] (an
   index into at_BK, the row positions whose logits are computed)."""
   logits_BKV = module.apply({"params": params}, tokens_BR, positions_BR, segments_BR,
                             prefix_ids_BL=prefixes_BR, logits_at_BK=at_BK)
-  rows_B1 = jnp.arange(at_E.shape[0])[:, None]
+  rows_B1 = jnp.arange(at_BE.shape[0])[:, None]
   logz_BK = jax.nn.logsumexp(logits_BKV, axis=-1)
-  lp_BE = logits_BKV[rows_B1, at_E, targets_E] - logz_BK[rows_B1, at_E]
-  greedy_BE = jnp.argmax(logits_BKV, axis=-1)[rows_B1, at_E] == targets_E
+  lp_BE = logits_BKV[rows_B1, at_BE, targets_BE] - logz_BK[rows_B1, at_BE]
+  greedy_BE = jnp.argmax(logits_BKV, axis=-1)[rows_B1, at_BE] == targets_BE
   return lp_BE, greedy_BE
 
 
 def score_items(model, items: Sequence[Sequence[Pair]], batch_size: int = 16):
   """Per item, (log-likelihoods [n_pairs], is_greedy [n_pairs]) as float64 / bool arrays.
 
-  model: an lm.api.LoadedModel with a tokenizer. batch_size: contexts per forward pass.
+  model: an lm.api.LoadedModel with a tokenizer. batch_size: rows of about ROW_TOKENS tokens
+  per forward pass.
   """
   encoded = [[harness_scoring.encode_pair(model._encode, c, x, model._prefix()) for c, x in item]
              for item in items]
