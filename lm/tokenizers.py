@@ -104,10 +104,10 @@ class CharTokenizer(Tokenizer):
   def __init__(self, chars: str, bos_id: int | None = None):
     self.chars = "".join(sorted(set(chars)))
     self._index = {c: i + self.NUM_SPECIAL for i, c in enumerate(self.chars)}
-    self._bos = bos_id
+    self._start = bos_id  # start.json's
 
   def encode(self, text, add_special_tokens=True):
-    start = [self._bos] if add_special_tokens and self._bos is not None else []
+    start = [self._start] if add_special_tokens and self._start is not None else []
     return start + [self._index.get(c, self.UNK_ID) for c in text]
 
   def decode(self, ids, skip_special_tokens=True):
@@ -120,7 +120,7 @@ class CharTokenizer(Tokenizer):
 
   @property
   def bos_id(self):
-    return self._bos
+    return self._start
 
   @property
   def vocab_size(self):

@@ -22,8 +22,10 @@ from lm.models.layers import DenseGeneral, Embed
 from lm.models.transformer import Transformer
 
 
-def calibration_tokens(model, source: str, rows: int, length: int) -> np.ndarray:
-  """int32 [rows, length] windows of the source's tokens (see the module docstring)."""
+def calibration_tokens(model, source: str, rows: int, length: int | None = None) -> np.ndarray:
+  """int32 [rows, length] windows of the source's tokens (see the module docstring); length
+  defaults to 256 and is at most the model's max_len."""
+  length = min(length or 256, model.config.max_len)
   kind, _, arg = source.partition(":")
   if kind == "ppl":
     from lm.evaluation.perplexity import read_documents

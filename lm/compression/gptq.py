@@ -30,20 +30,19 @@ def _upper_cholesky_of_inverse(h_II: np.ndarray, damp: float) -> np.ndarray:
   return np.linalg.cholesky(h_inv.T @ h_inv).T  # U, H^-1 = U^T U
 
 
+def _round(w, scale, qmax: int):
+  """Round-to-nearest integers of w on the grid `scale` (a zero scale: a zero column)."""
+  return np.clip(np.round(w / np.where(scale == 0, 1.0, scale)), -qmax, qmax)
+
+
 def _group_scales(w_gO: np.ndarray, qmax: int, clip: bool) -> np.ndarray:
   """Per-column scales of a group of rows: max |w| / qmax, or with `clip` the scale among
   max |w| x (1, 0.95, ..., 0.5) / qmax whose round-to-nearest squared error is smallest."""
-  top = np.max(np.abs(w_gO), axis=0)
-  best, best_err = top / qmax, None
-  for ratio in (np.linspace(1.0, 0.5, 11) if clip else (1.0,)):
-    scale = top * ratio / qmax
-    safe = np.where(scale == 0, 1.0, scale)
-    err = np.sum((w_gO - np.clip(np.round(w_gO / safe), -qmax, qmax) * scale) ** 2, axis=0)
-    if best_err is None:
-      best_err = err
-    better = err < best_err
-    best, best_err = np.where(better, scale, best), np.minimum(err, best_err)
-  return best
+  ratios = np.linspace(1.0, 0.5, 11) if clip else np.ones(1)
+  scales_RO = np.max(np.abs(w_gO), axis=0) * ratios[:, None] / qmax
+  errors_RO = np.stack([np.sum((w_gO - _round(w_gO, s, qmax) * s) ** 2, axis=0)
+                        for s in scales_RO])
+  return np.take_along_axis(scales_RO, np.argmin(errors_RO, axis=0)[None], axis=0)[0]
 
 
 def gptq_2d(w_IO: np.ndarray, h_II: np.ndarray, bits: int, group: int, damp: float = 0.01,
@@ -79,8 +78,7 @@ def gptq_2d(w_IO: np.ndarray, h_II: np.ndarray, bits: int, group: int, damp: flo
       if not act_order and i % group == 0:
         scales[i // group] = _group_scales(w[i:i + group], qmax, clip)
       scale = scales[row // group].astype(np.float64)
-      safe = np.where(scale == 0, 1.0, scale)
-      q[row] = np.clip(np.round(w[i] / safe), -qmax, qmax)
+      q[row] = _round(w[i], scale, qmax)
       err[i - b0] = (w[i] - q[row] * scale) / u[i, i]
       w[i + 1:b1] -= np.outer(u[i, i + 1:b1], err[i - b0])
     w[b1:] -= u[b0:b1, b1:].T @ err

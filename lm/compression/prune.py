@@ -96,8 +96,7 @@ def prune_dir(model_dir: str, out_dir: str, sparsity: float, pattern: str,
   model = load_float(model_dir, step)
   norms = None
   if method == "wanda":
-    length = min(calibration_len or 256, model.config.max_len)
-    tokens = calibration_tokens(model, calibration_task, calibration_rows, length)
+    tokens = calibration_tokens(model, calibration_task, calibration_rows, calibration_len)
     norms = input_stats(model.config, model.params, tokens)
   params, sparsities = prune_params(model.params, model.config, sparsity, pattern, method,
                                     norms)

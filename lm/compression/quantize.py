@@ -256,8 +256,7 @@ def quantize_dir(model_dir: str, out_dir: str, scheme: str, group_size: int = 12
   if method == "gptq":
     from lm.compression.calibration import calibration_tokens, input_stats
     from lm.compression.gptq import gptq_params
-    length = min(calibration_len or 256, cfg.max_len)
-    tokens = calibration_tokens(model, calibration_task, calibration_rows, length)
+    tokens = calibration_tokens(model, calibration_task, calibration_rows, calibration_len)
     grams = input_stats(cfg, model.params, tokens, gram=True)
     qparams = gptq_params(model.params, cfg, scheme, group_size, skip, grams)
   else:

@@ -133,10 +133,11 @@ def _score_groups(model, groups, batch_size: int, out):
   """Fills `out` for the groups, packed into rows (see the module docstring)."""
   if not groups:
     return
-  row_len = _bucket(max(_packed_length(g) for g in groups), MIN_ROW)
+  sized = sorted(((_packed_length(g), g) for g in groups), key=lambda x: -x[0])
+  row_len = _bucket(sized[0][0], MIN_ROW)
   rows: list[_Row] = []
-  for group in sorted(groups, key=_packed_length, reverse=True):  # first fit decreasing
-    row = next((r for r in rows if len(r.tokens) + _packed_length(group) <= row_len), None)
+  for n, group in sized:  # first fit decreasing
+    row = next((r for r in rows if len(r.tokens) + n <= row_len), None)
     if row is None:
       rows.append(row := _Row())
     row.add(*group)
