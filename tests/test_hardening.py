@@ -108,10 +108,11 @@ def test_infinite_learning_rate_is_flagged_and_skipped_inside_the_step():
 def test_guard_counts_consecutive_skips():
   def first_error(policy, flags, k=3):
     guard = NonFiniteGuard(policy, k)
+    counts = guard.zeros()
     for step, flag in enumerate(flags, 1):
-      guard.update(step, np.float32(flag))
+      counts = guard.update(counts, step, np.float32(flag))
       try:
-        guard.check(last_checkpoint=step - 1)
+        guard.check(counts, last_checkpoint=step - 1)
       except NonFiniteError as e:
         return step, str(e)
     return None, None
@@ -128,10 +129,11 @@ def test_guard_counts_consecutive_skips():
   for policy, flags, expected in [("stop", [0, 1, 0, 1, 0], "at step 2"),
                                   ("skip", [1, 1, 1, 0, 0], "(up to step 3;")]:
     guard = NonFiniteGuard(policy, 3)
+    counts = guard.zeros()
     for step, flag in enumerate(flags, 1):
-      guard.update(step, np.float32(flag))
+      counts = guard.update(counts, step, np.float32(flag))
     with pytest.raises(NonFiniteError, match=re.escape(expected)):
-      guard.check(last_checkpoint=None)
+      guard.check(counts, last_checkpoint=None)
 
 
 def test_nan_batch_stops_the_run_keeping_the_last_checkpoint(tmp_path):

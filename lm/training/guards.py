@@ -3,11 +3,12 @@
 The train step computes one `finite` flag (loss, gradient norm and the updated params all
 finite). Under `train.nonfinite = 'skip'` the step itself keeps the old params and optimizer
 state when the flag is down (jnp.where, no host round trip). The loop feeds each step's flag
-to `NonFiniteGuard.update` (one small asynchronous jitted call) and calls `check` only where it
-already waits for the device (logging, evals, checkpoints), so no step adds a host sync.
+to `NonFiniteGuard.update` inside the same jitted call (lm.training.loop) and calls `check`
+only where it already waits for the device (logging, evals, checkpoints).
 """
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 class TrainingHalted(Exception):
@@ -35,34 +36,35 @@ def select(finite, new, old):
   return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
 
 
-@jax.jit
-def _update(counts, nonfinite, step, max_skips):
-  first_bad, run, tripped_at, skipped = counts
-  bad = nonfinite > 0
-  run = jnp.where(bad, run + 1, 0)
-  return (jnp.where((first_bad == 0) & bad, step, first_bad), run,
-          jnp.where((tripped_at == 0) & (run >= max_skips), step, tripped_at),
-          skipped + bad.astype(jnp.int32))
-
-
 class NonFiniteGuard:
-  """Counts non-finite steps on the device; `check` raises per the policy.
+  """Counts non-finite steps inside the jitted train step; `check` raises per the policy.
 
   policy 'stop': any non-finite step stops the run (naming the first such step). 'skip': the
-  step skipped its update; `max_consecutive_skips` in a row stop the run.
+  step skipped its update; `max_consecutive_skips` in a row stop the run. The counts are three
+  int32 scalars (first bad step, current run of bad steps, step the run reached the limit)
+  carried through the step beside the metric sums (lm.training.loop), so
+  counting adds no program of its own to dispatch.
   """
 
   def __init__(self, policy: str, max_consecutive_skips: int):
     self.policy, self.max_skips = policy, max_consecutive_skips
-    zero = jnp.zeros((), jnp.int32)
-    self._counts = (zero, zero, zero, zero)  # first bad step, current run, step it hit K, skipped
 
-  def update(self, step: int, nonfinite):
-    self._counts = _update(self._counts, nonfinite, jnp.int32(step), jnp.int32(self.max_skips))
+  @staticmethod
+  def zeros():
+    """The counts before the first step (host arrays)."""
+    return tuple(np.zeros((), np.int32) for _ in range(3))
 
-  def check(self, last_checkpoint: int | None):
+  def update(self, counts, step, nonfinite):
+    """The counts after `step`, whose flag is `nonfinite` (> 0: bad); pure, traceable."""
+    first_bad, run, tripped_at = counts
+    bad = nonfinite > 0
+    run = jnp.where(bad, run + 1, 0)
+    return (jnp.where((first_bad == 0) & bad, step, first_bad), run,
+            jnp.where((tripped_at == 0) & (run >= self.max_skips), step, tripped_at))
+
+  def check(self, counts, last_checkpoint: int | None):
     """Raises NonFiniteError if the policy says stop (a host sync: call where one happens)."""
-    first_bad, _, tripped_at, _ = (int(x) for x in jax.device_get(self._counts))
+    first_bad, _, tripped_at = (int(x) for x in jax.device_get(counts))
     kept = (f"the last checkpoint (step {last_checkpoint}) is kept and nothing newer was "
             f"written" if last_checkpoint else "no checkpoint was written")
     if self.policy == "stop" and first_bad:

@@ -10,6 +10,7 @@ import flax.linen as nn
 import gin
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
@@ -143,20 +144,36 @@ def train(model_dir: str, *, model_cfg: ModelConfig = gin.REQUIRED, input_cfg=gi
       base.write_json(model_dir, state)
     bind = (lambda fn: fn) if base is None else base.bind  # LoRA: the step also takes `frozen`
 
-    step_fn = jax.jit(
-        functools.partial(bind(train_step), model=model, tx=tx, loss_cfg=loss_cfg,
-                          grad_accum_steps=grad_accum_steps, objective=objective,
-                          skip_nonfinite=nonfinite == "skip"),
-        in_shardings=(shardings, batch_sharding(mesh), *frozen_shardings),
-        out_shardings=(shardings, NamedSharding(mesh, P())), donate_argnums=0)
-    eval_fn = jax.jit(functools.partial(bind(eval_step), model=model, objective=objective),
-                      in_shardings=(shardings.params, batch_sharding(mesh), *frozen_shardings))
+    train_fn = functools.partial(bind(train_step), model=model, tx=tx, loss_cfg=loss_cfg,
+                                 grad_accum_steps=grad_accum_steps, objective=objective,
+                                 skip_nonfinite=nonfinite == "skip")
+    eval_fn_ = functools.partial(bind(eval_step), model=model, objective=objective)
+
+    def train_and_total(state, batch, totals, *frozen):
+      """One step; its metrics added to the window's sums, its flag to the non-finite counts."""
+      state, metrics = train_fn(state, batch, *frozen)
+      return state, {"sums": jax.tree.map(jnp.add, totals["sums"], metrics),
+                     "counts": sup.guard.update(totals["counts"], state.step,
+                                                metrics["nonfinite"])}
+
+    replicated = NamedSharding(mesh, P())
+    step_fn = jax.jit(train_and_total, out_shardings=(shardings, replicated), donate_argnums=0,
+                      in_shardings=(shardings, batch_sharding(mesh), replicated,
+                                    *frozen_shardings))
+    eval_fn = jax.jit(lambda params, batch, totals, *frozen: jax.tree.map(
+        jnp.add, totals, eval_fn_(params, batch, *frozen)),
+        in_shardings=(shardings.params, batch_sharding(mesh), replicated, *frozen_shardings))
+    eval_zeros = []  # the eval sums' zeros, made at the first eval
 
     def evaluate(batches=eval_batches, prefix="eval"):
       totals = None
       for batch in batches:
-        out = eval_fn(state.params, global_batch(mesh, batch), *frozen)
-        totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+        batch = global_batch(mesh, batch)
+        if not eval_zeros:
+          eval_zeros.append(_zeros(mesh, jax.eval_shape(eval_fn_, state.params, batch, *frozen)))
+        previous = eval_zeros[0] if totals is None else totals
+        totals = eval_fn(state.params, batch, previous, *frozen)
+        jax.block_until_ready(previous)  # one program ahead at most (see the train loop)
       loss_sum, weight_sum, sums = jax.device_get(totals)
       if not weight_sum:  # all padding: no loss to report
         return None
@@ -173,15 +190,27 @@ def train(model_dir: str, *, model_cfg: ModelConfig = gin.REQUIRED, input_cfg=gi
     sup.start(warnings)  # prints warnings, watches SIGTERM/SIGINT from now on
     bar = sup.closing(tqdm(total=steps, initial=start, dynamic_ncols=True, mininterval=1.0,
                            disable=not progress or jax.process_index() != 0))
-    sums, window_start, window_steps, eval_loss = None, time.perf_counter(), 0, None
+    totals, zero_sums = None, None
+    window_start, window_steps, eval_loss = time.perf_counter(), 0, None
     for step in range(start + 1, steps + 1):
-      state, metrics = step_fn(state, global_batch(mesh, next(train_batches)), *frozen)
-      sup.after_step(step, metrics)
-      sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
+      batch = global_batch(mesh, next(train_batches))
+      if totals is None:  # the sums have the shapes of the step's metrics
+        zero_sums = _zeros(mesh, jax.eval_shape(train_fn, state, batch, *frozen)[1])
+        totals = {"sums": zero_sums, "counts": _zeros(mesh, sup.guard.zeros())}
+      previous = totals
+      state, totals = step_fn(state, batch, totals, *frozen)
+      # One program per step and at most one step waiting behind the running one. XLA:CPU lets
+      # a device hold 32 programs in flight and launches the replicas of a multi-device program
+      # from a thread pool as small as the core count: a host far ahead (many small programs
+      # per step, as this loop once dispatched) could fill one device's slots with programs
+      # waiting on a collective whose replica on that device was never launched, and the
+      # all-reduce rendezvous timed out ("Expected 2 threads ... only 1 of them arrived").
+      jax.block_until_ready(previous)
       window_steps += 1
       if step % log_every == 0 or step == steps:
-        sums = jax.device_get(sums)
-        sup.check(ckpt)
+        sums = jax.device_get(totals["sums"])
+        totals = {"sums": zero_sums, "counts": totals["counts"]}
+        sup.check(ckpt, totals["counts"])
         elapsed = time.perf_counter() - window_start
         skipped = int(sums.pop("nonfinite"))  # skipped steps' metrics are zeros: not averaged
         scalars = {f"train/{k}": v / (window_steps - skipped) for k, v in sums.items()
@@ -197,10 +226,10 @@ def train(model_dir: str, *, model_cfg: ModelConfig = gin.REQUIRED, input_cfg=gi
         writer.write(step, scalars)
         bar.set_postfix(loss=f"{scalars.get('train/loss', float('nan')):.4f}",
                         tok_s=f"{scalars['train/tokens_per_sec']:.0f}", refresh=False)
-        sums, window_steps = None, 0
+        window_steps = 0
       is_eval_step = (eval_every and step % eval_every == 0) or step == steps
       if (eval_batches or eval_tasks) and is_eval_step:
-        sup.check(ckpt)
+        sup.check(ckpt, totals["counts"])
       if eval_batches and is_eval_step:
         results = evaluate()
         if results is None:
@@ -220,7 +249,7 @@ def train(model_dir: str, *, model_cfg: ModelConfig = gin.REQUIRED, input_cfg=gi
                                         data_dir=eval_data_dir, limit=eval_limit))
       preempted = sup.preempted(step)  # every process asks every step; all get one answer
       if step % checkpoint_every == 0 or step == steps or preempted:
-        sup.check(ckpt)
+        sup.check(ckpt, totals["counts"])
         ckpt.save(step, state, {"batches": train_batches.state}, force=True)
       if preempted and step < steps:
         raise sup.stopped(step, ckpt, writer)
@@ -234,6 +263,13 @@ def train(model_dir: str, *, model_cfg: ModelConfig = gin.REQUIRED, input_cfg=gi
     if base is not None:
       state = state.replace(params=base.merged(state.params))
   return TrainResult(state=state, model=model, mesh=mesh, last_eval_loss=eval_loss)
+
+
+def _zeros(mesh, shapes):
+  """Zeros of `shapes` (a pytree), replicated over the mesh: a transfer, no program to run."""
+  sharding = NamedSharding(mesh, P())
+  return jax.tree.map(lambda s: jax.make_array_from_process_local_data(
+      sharding, np.zeros(s.shape, s.dtype)), shapes)
 
 
 def _eval_batches(batches_fn, input_cfg, eval_steps: int) -> list:

@@ -16,7 +16,8 @@ from lm.training.run_lock import RunLock
 
 class Supervisor:
   """lock(model_dir) once the start is good; start() before the first step; then every step
-  after_step() and preempted(), and check() where the loop syncs with the device anyway."""
+  preempted(), and check() where the loop syncs with the device anyway. The non-finite counts
+  themselves are updated inside the train step (guard.update)."""
 
   def __init__(self, nonfinite: str = "stop", max_consecutive_skips: int = 10):
     self.guard = NonFiniteGuard(nonfinite, max_consecutive_skips)
@@ -53,18 +54,14 @@ class Supervisor:
         print(f"warning: {warning}", file=sys.stderr)
     self.watch.__enter__()
 
-  def after_step(self, step: int, metrics: dict):
-    """Feeds the step's non-finite flag to the guard (asynchronously: no host sync)."""
-    self.guard.update(step, metrics["nonfinite"])
-
-  def check(self, ckpt):
-    """Raises NonFiniteError per the policy, once the checkpoint in flight (a good one) is
-    complete. A host sync: call it where the loop waits for the device anyway."""
+  def check(self, ckpt, counts):
+    """Raises NonFiniteError per the guard's `counts`, once the checkpoint in flight (a good
+    one) is complete. A host sync: call it where the loop waits for the device anyway."""
     try:
-      self.guard.check(None)
+      self.guard.check(counts, None)
     except NonFiniteError:
       ckpt.wait()
-      self.guard.check(ckpt.latest_step())
+      self.guard.check(counts, ckpt.latest_step())
 
   def preempted(self, step: int) -> bool:
     """Whether a signal asks to save at `step` and stop (the same answer on every process)."""
