@@ -197,6 +197,19 @@ def test_merge_lora_writes_a_plain_run_that_loads_and_decodes(lora_run, tmp_path
   assert not os.path.exists(tmp_path / "again")
 
 
+def test_merge_lora_never_writes_around_or_into_its_inputs(lora_run, trained_run, capsys):
+  """Issue 19.12: an --out_dir holding the LoRA run, or inside its base, is refused even with
+  --overwrite, and nothing is touched."""
+  run, _ = lora_run
+  before = _snapshot(os.path.dirname(run)), _snapshot(trained_run)
+  for out, message in ((os.path.dirname(run), "contains the input"),
+                       (os.path.join(trained_run, "merged"), "is inside the input")):
+    with pytest.raises(SystemExit) as exit_info:
+      convert.main(["merge-lora", "--model_dir", run, "--out_dir", out, "--overwrite"])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+  assert (_snapshot(os.path.dirname(run)), _snapshot(trained_run)) == before
+
+
 def test_lora_from_a_pruned_dir_keeps_its_zeros(trained_run, tmp_path):
   """Issue 19.10: adapters on an lm-prune base leave W + delta zero exactly where W is zero,
   in the run's merged params and in merge-lora's directory, and move every other entry."""

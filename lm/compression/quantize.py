@@ -237,7 +237,8 @@ def quantize_dir(model_dir: str, out_dir: str, scheme: str, group_size: int = 12
   """lm-quantize: writes out_dir, the quantized copy of model_dir's (latest or `step`)
   weights, rounded to nearest (rtn) or by GPTQ on calibration text (lm.compression.gptq);
   returns {"float_bytes", "quantized_bytes", "quantized": [matrix names]}."""
-  from lm.compression.dirs import load_float, write_dir
+  from lm.compression.dirs import load_float
+  from lm.convert.model_dirs import check_new_dir, save_model_dir
   if scheme not in SCHEMES:
     raise UserError(f"unknown --scheme {scheme!r} (int8 | int4)")
   if method not in METHODS:
@@ -246,6 +247,7 @@ def quantize_dir(model_dir: str, out_dir: str, scheme: str, group_size: int = 12
     raise UserError("--method gptq needs --calibration_task (ppl:FILES or seqio:TASK)")
   if group_size < 1:
     raise UserError(f"--group_size must be >= 1, got {group_size}")
+  check_new_dir(out_dir, overwrite, [model_dir])  # before the work, not only at the end
   model = load_float(model_dir, step)
   cfg, skip = model.config, tuple(s for s in skip if s)
   names = {p for k in find_kernels(cfg) for p in k.path}
@@ -264,6 +266,7 @@ def quantize_dir(model_dir: str, out_dir: str, scheme: str, group_size: int = 12
                                         group_size=group_size, skip=skip))(model.params)
   meta = {"scheme": scheme, "group_size": group_size, "skip": list(skip), "method": method,
           "calibration_task": calibration_task if method == "gptq" else None}
-  write_dir(out_dir, model_dir, model, qparams, ("quantization", meta), overwrite)
+  save_model_dir(out_dir, model.config, qparams, [model_dir], model.task, {"quantization": meta},
+                 overwrite)
   return {"float_bytes": param_bytes(model.params), "quantized_bytes": param_bytes(qparams),
           "quantized": [k.name for k in selected_kernels(cfg, SCHEMES[scheme], skip)]}
