@@ -140,6 +140,27 @@ def test_skip_keeps_the_embeddings_in_float(trained_run, tmp_path):
   assert params["layer_1"]["attn"]["out"]["kernel"]["q"].dtype == jnp.int8
 
 
+def test_skip_unembed_of_a_tied_model_is_its_token_table(trained_run, tmp_path):
+  """Issue 19.13: README's `--skip embed,unembed` on a tied model (whose token table is also
+  its output projection) keeps that table in float instead of failing."""
+  base = dict(vocab_size=68, d_model=32, num_layers=2, num_heads=4, mlp_dim=64, max_len=32)
+  names = lambda cfg, skip: {k.name for k in find_kernels(cfg)} - {
+      k.name for k in quantize.selected_kernels(cfg, 8, skip)}
+  tied, untied = ModelConfig(**base), ModelConfig(**base, tie_embeddings=False)
+  assert names(tied, ["unembed"]) == {"embed/embedding"}
+  assert names(untied, ["unembed"]) == {"unembed/kernel"}
+  assert names(untied, ["embed"]) == {"embed/embedding"}
+  out = str(tmp_path / "q")
+  with pytest.raises(SystemExit) as e:
+    quantize_cli.main([f"--model_dir={trained_run}", f"--out_dir={out}", "--scheme=int8",
+                       "--skip=embed,unembed"])
+  assert e.value.code == 0
+  q = lm.load(out)
+  assert q.params["embed"]["embedding"].dtype == jnp.float32
+  assert q.params["layer_1"]["mlp"]["wo"]["kernel"]["q"].dtype == jnp.int8
+  assert q.generate(["ROMEO:"], max_new_tokens=4)[0]
+
+
 def test_out_dir_is_never_the_source_around_it_or_a_foreign_directory(trained_run, tmp_path,
                                                                        capsys):
   """Issue 19.12: `--overwrite` with an out_dir that is, holds or lies inside the source is
