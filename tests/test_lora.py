@@ -14,6 +14,8 @@ from jax.sharding import PartitionSpec as P
 import lm
 from conftest import REPO
 from lm.cli import convert, train
+from lm.cli import prune as prune_cli
+from lm.compression.kernels import get_path
 from lm.errors import UserError
 from lm.finetuning.lora import Adapters, LoraConfig, merge
 from lm.models.config import ModelConfig
@@ -193,3 +195,43 @@ def test_merge_lora_writes_a_plain_run_that_loads_and_decodes(lora_run, tmp_path
     convert.main(["merge-lora", "--model_dir", out, "--out_dir", str(tmp_path / "again")])
   assert exit_info.value.code == 2 and "not a LoRA run" in capsys.readouterr().err
   assert not os.path.exists(tmp_path / "again")
+
+
+def test_merge_lora_never_writes_around_or_into_its_inputs(lora_run, trained_run, capsys):
+  """Issue 19.12: an --out_dir holding the LoRA run, or inside its base, is refused even with
+  --overwrite, and nothing is touched."""
+  run, _ = lora_run
+  before = _snapshot(os.path.dirname(run)), _snapshot(trained_run)
+  for out, message in ((os.path.dirname(run), "contains the input"),
+                       (os.path.join(trained_run, "merged"), "is inside the input")):
+    with pytest.raises(SystemExit) as exit_info:
+      convert.main(["merge-lora", "--model_dir", run, "--out_dir", out, "--overwrite"])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+  assert (_snapshot(os.path.dirname(run)), _snapshot(trained_run)) == before
+
+
+def test_lora_from_a_pruned_dir_keeps_its_zeros(trained_run, tmp_path):
+  """Issue 19.10: adapters on an lm-prune base leave W + delta zero exactly where W is zero,
+  in the run's merged params and in merge-lora's directory, and move every other entry."""
+  pruned_dir, run, out = (str(tmp_path / d) for d in ("pruned", "run", "merged"))
+  with pytest.raises(SystemExit) as exit_info:
+    prune_cli.main([f"--model_dir={trained_run}", f"--out_dir={pruned_dir}", "--pattern=2:4"])
+  assert exit_info.value.code == 0
+  with open(os.path.join(pruned_dir, "model.json")) as f:
+    kernels = json.load(f)["pruning"]["kernels"]
+  _train(run, pruned_dir, "--gin.TRAIN_STEPS=3", "--gin.LoraConfig.base_dtype=None")
+  with pytest.raises(SystemExit) as exit_info:
+    convert.main(["merge-lora", "--model_dir", run, "--out_dir", out])
+  assert exit_info.value.code == 0
+  base = lm.load(pruned_dir).params
+  adapted = [n for n in kernels if n.split("/")[-2] in ("query", "key", "value", "out", "wi",
+                                                        "wo")]
+  assert len(adapted) == 2 * 6  # every pruned kernel of the nano model is a LoRA target
+  for params in (lm.load(run).params, lm.load(out).params):
+    for name in adapted:
+      w = np.asarray(get_path(base, tuple(name.split("/"))))
+      now = np.asarray(get_path(params, tuple(name.split("/"))))
+      zeros = w == 0
+      assert zeros.mean() == 0.5, name
+      np.testing.assert_array_equal(now == 0, zeros, err_msg=name)  # same zeros, no others
+      assert (now[~zeros] != w[~zeros]).all(), name

@@ -2,6 +2,7 @@
 directories that lm.load decodes and scores exactly as their dequantized float weights."""
 import json
 import os
+import shutil
 
 import flax.linen as nn
 import jax
@@ -16,6 +17,7 @@ from lm.compression import quantize
 from lm.compression.kernels import find_kernels, get_path
 from lm.models.config import ModelConfig
 from lm.models.transformer import Transformer
+from test_cli import _snapshot
 
 PROMPTS = ["ROMEO:", "Th", "KING HENRY"]
 
@@ -136,6 +138,61 @@ def test_skip_keeps_the_embeddings_in_float(trained_run, tmp_path):
   assert params["embed"]["embedding"].dtype == jnp.float32
   assert params["pos_embed"]["embedding"].dtype == jnp.float32
   assert params["layer_1"]["attn"]["out"]["kernel"]["q"].dtype == jnp.int8
+
+
+def test_skip_unembed_of_a_tied_model_is_its_token_table(trained_run, tmp_path):
+  """Issue 19.13: README's `--skip embed,unembed` on a tied model (whose token table is also
+  its output projection) keeps that table in float instead of failing."""
+  base = dict(vocab_size=68, d_model=32, num_layers=2, num_heads=4, mlp_dim=64, max_len=32)
+  names = lambda cfg, skip: {k.name for k in find_kernels(cfg)} - {
+      k.name for k in quantize.selected_kernels(cfg, 8, skip)}
+  tied, untied = ModelConfig(**base), ModelConfig(**base, tie_embeddings=False)
+  assert names(tied, ["unembed"]) == {"embed/embedding"}
+  assert names(untied, ["unembed"]) == {"unembed/kernel"}
+  assert names(untied, ["embed"]) == {"embed/embedding"}
+  out = str(tmp_path / "q")
+  with pytest.raises(SystemExit) as e:
+    quantize_cli.main([f"--model_dir={trained_run}", f"--out_dir={out}", "--scheme=int8",
+                       "--skip=embed,unembed"])
+  assert e.value.code == 0
+  q = lm.load(out)
+  assert q.params["embed"]["embedding"].dtype == jnp.float32
+  assert q.params["layer_1"]["mlp"]["wo"]["kernel"]["q"].dtype == jnp.int8
+  assert q.generate(["ROMEO:"], max_new_tokens=4)[0]
+
+
+def test_out_dir_is_never_the_source_around_it_or_a_foreign_directory(trained_run, tmp_path,
+                                                                       capsys):
+  """Issue 19.12: `--overwrite` with an out_dir that is, holds or lies inside the source is
+  refused, and it replaces only a model dir: nothing else is ever deleted."""
+  nest = tmp_path / "nest"
+  shutil.copytree(trained_run, nest / "model")
+  (nest / "notes.txt").write_text("not a model")
+  os.symlink(nest / "model", tmp_path / "link")
+  other = tmp_path / "other"
+  other.mkdir()
+  (other / "notes.txt").write_text("not a model either")
+  before = _snapshot(tmp_path)
+
+  def run(out, *extra):
+    with pytest.raises(SystemExit) as e:
+      quantize_cli.main([f"--model_dir={nest / 'model'}", f"--out_dir={out}", "--scheme=int8",
+                         *extra])
+    return e.value.code, capsys.readouterr().err
+
+  for out, message in ((nest, "contains the input"), (nest / "model" / "q", "is inside the input"),
+                       (nest / "model", "is the input"), (tmp_path / "link", "is the input"),
+                       (other, "not a directory this command writes (no model.json)")):
+    code, err = run(out, "--overwrite")
+    assert code == 2 and message in err, (out, err)
+    assert err.count("\n") == 1 and err.startswith("error: ")
+  assert _snapshot(tmp_path) == before
+  # A model dir is replaced whole with --overwrite (and only with it).
+  assert run(tmp_path / "q")[0] == 0
+  assert run(tmp_path / "q", "--scheme=int4")[0] == 2
+  assert run(tmp_path / "q", "--scheme=int4", "--overwrite")[0] == 0
+  with open(tmp_path / "q" / "model.json") as f:
+    assert json.load(f)["quantization"]["scheme"] == "int4"
 
 
 @pytest.mark.parametrize("args, message", [

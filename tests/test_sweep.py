@@ -1,5 +1,6 @@
 """lm-sweep: one tiny sweep (a forced failure, killed mid-run and re-run) shared by the tests;
 grids, tables and run status checked against hand-computed values."""
+import fcntl
 import json
 import math
 import os
@@ -47,11 +48,28 @@ def _complete_checkpoints(run_dir):
   return [int(d) for d in os.listdir(path) if d.isdigit()] if os.path.isdir(path) else []
 
 
+def _wait_for(condition, what, timeout=60):
+  deadline = time.monotonic() + timeout
+  while not condition():
+    assert time.monotonic() < deadline, f"timed out waiting for {what}"
+    time.sleep(0.02)
+
+
+def _unlocked(out_dir):
+  with open(os.path.join(out_dir, ".sweep.lock")) as lock:
+    try:
+      fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      return False
+  return True
+
+
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
   """The sweep killed (SIGKILL to its process group) once learned has finished and rope has
-  a checkpoint, then re-run to the end. Returns (out_dir, rows after the kill, learned's
-  metrics.jsonl then, the re-run's CompletedProcess)."""
+  a checkpoint, then, once rope has saved and exited (the parent-death SIGTERM), re-run to the
+  end. Returns (out_dir, rows after the kill, learned's metrics.jsonl then, the re-run's
+  CompletedProcess)."""
   tmp = tmp_path_factory.mktemp("sweep")
   (tmp / "sitecustomize.py").write_text(NO_TF)
   out = str(tmp / "sweep")
@@ -70,8 +88,10 @@ def swept(tmp_path_factory):
       assert time.monotonic() < deadline, "the sweep did not get going"
       time.sleep(0.05)
   finally:
-    os.killpg(proc.pid, signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)  # the sweep: its runs are in their own sessions
     proc.wait()
+  # The runs hold the sweep's lock until they exit: a re-run before then would be refused.
+  _wait_for(lambda: _unlocked(out), "the killed sweep's runs to exit", timeout=300)
   killed = {r["name"]: r for r in collect(out)}
   learned_metrics = open(os.path.join(out, LEARNED, "metrics.jsonl")).read()
   rerun = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
@@ -90,10 +110,13 @@ def test_killed_sweep_resumes_and_skips_finished_runs(swept):
   record = results.read_json(os.path.join(out, LEARNED, results.RUN_RECORD))
   assert len(record["attempts"]) == 1
   assert open(os.path.join(out, LEARNED, "metrics.jsonl")).read() == learned_metrics
-  # rope resumed from its checkpoint (not step 0) and ran to the end, every step logged once.
+  # rope, left behind by the killed sweep, got SIGTERM and saved at its current step; the
+  # re-run resumed it from there and ran to the end, every step logged once.
   attempts = results.read_json(os.path.join(out, ROPE, results.RUN_RECORD))["attempts"]
   assert len(attempts) == 2 and attempts[0]["returncode"] is None
-  assert attempts[1]["start_step"] in range(50, 400, 50) and attempts[1]["returncode"] == 0
+  assert attempts[1]["start_step"] in range(50, 400) and attempts[1]["returncode"] == 0
+  with open(os.path.join(out, ROPE, results.TRAIN_LOG)) as f:
+    assert f"stopped by SIGTERM at step {attempts[1]['start_step']}: checkpoint saved" in f.read()
   assert f"start {ROPE} (resuming at step {attempts[1]['start_step']})" in rerun.stdout
   assert _steps(os.path.join(out, ROPE)) == list(range(10, 401, 10))
   assert _steps(os.path.join(out, ROPE), "eval/loss") == list(range(50, 401, 50))
@@ -165,6 +188,82 @@ def test_runs_in_parallel_with_the_wandb_group_and_name(tmp_path):
   rows = collect(str(tmp_path / "mysweep"))
   assert [(r["status"], r["error"]) for r in rows] == [("failed", "exited before the final step")] * 2
   assert (tmp_path / "mysweep" / "results.md").exists()
+
+
+# A stand-in run: notes every SIGINT / SIGTERM it gets in its log, says it is ready once its
+# handlers are in place, and after its first signal "saves" until the test releases it, then
+# exits as lm-train does after saving (128 + signal). Bounded: it gives up after 120 s.
+STUB_RUN = """import os, signal, sys, time
+log, ready, release = sys.argv[1:]
+got = []
+def note(signum, frame):
+  got.append(signum)
+  with open(log, "a") as f:
+    f.write(signal.Signals(signum).name + "\\n")
+for signum in (signal.SIGINT, signal.SIGTERM):
+  signal.signal(signum, note)
+open(ready, "w").close()
+deadline = time.monotonic() + 120
+while not (got and os.path.exists(release)) and time.monotonic() < deadline:
+  time.sleep(0.01)
+sys.exit(128 + got[0] if got else 1)
+"""
+STUB_SWEEP = """import json, sys
+from lm.sweep import run_sweep
+try:
+  run_sweep(json.loads(sys.argv[1]), sys.argv[2], parallel=2)
+except KeyboardInterrupt:
+  sys.exit(130)
+"""
+
+
+@pytest.mark.parametrize("presses, kill, expected", [
+    (1, "ctrl-c", ["SIGINT"]), (1, "sigterm", ["SIGTERM"]), (2, "ctrl-c", ["SIGINT", "SIGINT"])])
+def test_a_stopped_sweep_passes_each_signal_once_to_every_run_and_waits(
+    tmp_path, presses, kill, expected):
+  """Issue 19.3: Ctrl-C (SIGINT to the sweep's whole process group, as a terminal sends it) or
+  SIGTERM to the sweep reaches each run exactly once, so lm-train saves at its current step
+  instead of being aborted by a second signal; a second Ctrl-C is passed on as the second
+  signal (abort). The sweep starts no other run, waits for the runs to exit and records them
+  as unfinished. Every step is a handshake (files, the sweep's output), never a race."""
+  out = tmp_path / "sweep"
+  files = lambda i, kind: str(tmp_path / f"r{i}.{kind}")
+  runs = [{"name": f"r{i}", "point": {"X": i},
+           "command": [sys.executable, "-c", STUB_RUN] + [files(i, k) for k in
+                                                          ("log", "ready", "release")]}
+          for i in range(3)]
+  log = open(tmp_path / "sweep.out", "w")
+  proc = subprocess.Popen([sys.executable, "-c", STUB_SWEEP, json.dumps(runs), str(out)],
+                          cwd=REPO, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
+  signals = lambda i: open(files(i, "log")).read().split() if os.path.exists(files(i, "log")) else []
+  try:
+    _wait_for(lambda: all(os.path.exists(files(i, "ready")) for i in range(2)), "two runs")
+    for press in range(1, presses + 1):
+      if kill == "ctrl-c":
+        os.killpg(proc.pid, signal.SIGINT)
+      else:
+        os.kill(proc.pid, signal.SIGTERM)
+      # The sweep has passed the signal on once it says so; a run that got more than the
+      # presses (the old second signal) ends the wait too.
+      word = "stopping" if press == 1 else "aborting"
+      _wait_for(lambda: (open(tmp_path / "sweep.out").read().count(f": {word} r") == 2
+                         or any(len(signals(i)) > press for i in range(2))), "the sweep")
+    for i in range(2):
+      open(files(i, "release"), "w").close()
+    assert proc.wait(timeout=60) == 130
+  finally:
+    if proc.poll() is None:
+      os.killpg(proc.pid, signal.SIGKILL)
+      proc.wait()
+    for i in range(3):
+      open(files(i, "release"), "w").close()  # a stand-in left behind exits
+  assert [signals(i) for i in range(2)] == [expected, expected]
+  assert not os.path.exists(files(2, "ready"))  # no run is started once stopping
+  rows = {r["name"]: r for r in collect(str(out))}
+  assert {n: r["status"] for n, r in rows.items()} == {"r0": "incomplete", "r1": "incomplete"}
+  for i in range(2):
+    attempts = results.read_json(str(out / f"r{i}" / results.RUN_RECORD))["attempts"]
+    assert len(attempts) == 1 and attempts[0]["returncode"] is None
 
 
 def test_grid_product_zip_and_names():

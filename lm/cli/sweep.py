@@ -8,7 +8,8 @@ Runs the product of the grids (`--zip`: their zip), one run directory per point 
 `--parallel` at a time; re-running skips finished runs and resumes the others. Writes
 D/results.csv, D/results.md and D/curves.png; `--report D` rebuilds them from the run
 directories. Exit status: the number of failed runs (at most 100); 2 with an `error:` line
-for a bad command line.
+for a bad command line; 130 after Ctrl-C / SIGTERM, which each running run gets once (it saves
+at its current step and stops; a second Ctrl-C aborts the runs).
 """
 import argparse
 import os

@@ -89,10 +89,12 @@ def prune_dir(model_dir: str, out_dir: str, sparsity: float, pattern: str,
   model.json's "pruning" entry lists the kernels, which lm-train's init_from keeps at zero.
   Returns {kernel name: fraction of zeros}."""
   from lm.compression.calibration import calibration_tokens, input_stats
-  from lm.compression.dirs import load_float, write_dir
+  from lm.compression.dirs import load_float
+  from lm.convert.model_dirs import check_new_dir, save_model_dir
   check_args(sparsity, pattern, method)
   if method == "wanda" and not calibration_task:
     raise UserError("--method wanda needs --calibration_task (ppl:FILES or seqio:TASK)")
+  check_new_dir(out_dir, overwrite, [model_dir])  # before the work, not only at the end
   model = load_float(model_dir, step)
   norms = None
   if method == "wanda":
@@ -103,5 +105,6 @@ def prune_dir(model_dir: str, out_dir: str, sparsity: float, pattern: str,
   entry = {"sparsity": sparsity, "pattern": pattern, "method": method,
            "calibration_task": calibration_task if method == "wanda" else None,
            "kernels": sorted(sparsities)}
-  write_dir(out_dir, model_dir, model, params, ("pruning", entry), overwrite)
+  save_model_dir(out_dir, model.config, params, [model_dir], model.task, {"pruning": entry},
+                 overwrite)
   return sparsities

@@ -80,11 +80,18 @@ def is_quantized(leaf) -> bool:
   return isinstance(leaf, dict) and set(leaf) == {"q", "scale"}
 
 
+def skip_names(k: Kernel, cfg: ModelConfig) -> set[str]:
+  """The `skip` names that leave `k` in float: its path's components, and `unembed` for the
+  token table of a tied model, which is also its output projection."""
+  tied_unembed = cfg.tie_embeddings and k.path == ("embed", "embedding")
+  return set(k.path) | ({"unembed"} if tied_unembed else set())
+
+
 def selected_kernels(cfg: ModelConfig, bits: int, skip=()) -> list[Kernel]:
-  """The matrices a scheme quantizes: all but those with a path component in `skip` (and, for
-  int4, those with an odd input size, which cannot be packed)."""
+  """The matrices a scheme quantizes: all but those `skip` names (skip_names), and, for int4,
+  those with an odd input size, which cannot be packed."""
   skip = set(skip)
-  return [k for k in find_kernels(cfg) if not skip & set(k.path)
+  return [k for k in find_kernels(cfg) if not skip & skip_names(k, cfg)
           and (bits == 8 or k.in_size % 2 == 0)]
 
 
@@ -237,7 +244,8 @@ def quantize_dir(model_dir: str, out_dir: str, scheme: str, group_size: int = 12
   """lm-quantize: writes out_dir, the quantized copy of model_dir's (latest or `step`)
   weights, rounded to nearest (rtn) or by GPTQ on calibration text (lm.compression.gptq);
   returns {"float_bytes", "quantized_bytes", "quantized": [matrix names]}."""
-  from lm.compression.dirs import load_float, write_dir
+  from lm.compression.dirs import load_float
+  from lm.convert.model_dirs import check_new_dir, save_model_dir
   if scheme not in SCHEMES:
     raise UserError(f"unknown --scheme {scheme!r} (int8 | int4)")
   if method not in METHODS:
@@ -246,13 +254,16 @@ def quantize_dir(model_dir: str, out_dir: str, scheme: str, group_size: int = 12
     raise UserError("--method gptq needs --calibration_task (ppl:FILES or seqio:TASK)")
   if group_size < 1:
     raise UserError(f"--group_size must be >= 1, got {group_size}")
+  check_new_dir(out_dir, overwrite, [model_dir])  # before the work, not only at the end
   model = load_float(model_dir, step)
   cfg, skip = model.config, tuple(s for s in skip if s)
-  names = {p for k in find_kernels(cfg) for p in k.path}
+  names = set().union(*(skip_names(k, cfg) for k in find_kernels(cfg)))
   unknown = [s for s in skip if s not in names]
   if unknown:
-    raise UserError(f"--skip {','.join(unknown)}: no matrix path has such a component "
-                    f"(e.g. embed, unembed, pos_embed, attn, mlp, layer_0)")
+    examples = [n for n in ("embed", "unembed", "pos_embed", "attn", "mlp", "layer_0", "layers")
+                if n in names]
+    raise UserError(f"--skip {','.join(unknown)}: no matrix path of this model has such a "
+                    f"component (e.g. {', '.join(examples)})")
   if method == "gptq":
     from lm.compression.calibration import calibration_tokens, input_stats
     from lm.compression.gptq import gptq_params
@@ -264,6 +275,7 @@ def quantize_dir(model_dir: str, out_dir: str, scheme: str, group_size: int = 12
                                         group_size=group_size, skip=skip))(model.params)
   meta = {"scheme": scheme, "group_size": group_size, "skip": list(skip), "method": method,
           "calibration_task": calibration_task if method == "gptq" else None}
-  write_dir(out_dir, model_dir, model, qparams, ("quantization", meta), overwrite)
+  save_model_dir(out_dir, model.config, qparams, [model_dir], model.task, {"quantization": meta},
+                 overwrite)
   return {"float_bytes": param_bytes(model.params), "quantized_bytes": param_bytes(qparams),
           "quantized": [k.name for k in selected_kernels(cfg, SCHEMES[scheme], skip)]}

@@ -133,7 +133,7 @@ def import_gguf(gguf_path: str, model_dir: str, overwrite: bool = False,
   """GGUF file -> lm model dir (weights, tokenizer, special ids), all or nothing."""
   cfg, params, meta = read_gguf(gguf_path, **overrides)
   files = tokenizer_files(meta) if "tokenizer.ggml.model" in meta else {}
-  with new_dir(model_dir, overwrite) as tmp:
+  with new_dir(model_dir, overwrite, [gguf_path]) as tmp:
     if files:
       os.makedirs(tokenizers.tokenizer_dir(tmp))
       for name, content in files.items():

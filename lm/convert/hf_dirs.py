@@ -60,7 +60,7 @@ def import_hf(hf_dir: str, model_dir: str, overwrite: bool = False, **overrides)
   """HF checkpoint dir -> lm model dir (all or nothing); returns the model's config."""
   hf_dir = absolute(hf_dir)
   cfg, params = read_hf(hf_dir, **overrides)
-  with new_dir(model_dir, overwrite) as tmp:
+  with new_dir(model_dir, overwrite, [hf_dir]) as tmp:
     copy_hf_tokenizer(hf_dir, tokenizers.tokenizer_dir(tmp))
     generation = _generation_config(hf_dir)
     if generation:
@@ -92,7 +92,7 @@ def export_hf(model_dir: str, hf_dir: str, step: int | None = None,
   generation = _special_ids(model_dir)
   hf_config.update({k: generation[k] for k in SPECIAL_IDS if generation.get(k) is not None})
   tensors = {k: np.asarray(v) for k, v in hf.params_to_hf(cfg, params).items()}
-  with new_dir(hf_dir, overwrite) as tmp:
+  with new_dir(hf_dir, overwrite, [model_dir], replaces="config.json") as tmp:
     safetensors_io.write_file(os.path.join(tmp, "model.safetensors"), tensors)
     write_json(os.path.join(tmp, "config.json"), hf_config)
     if generation:

@@ -20,6 +20,10 @@ the base's dtype (a bf16 W + a small delta would round the delta away). A LoRA r
 holds the adapters' checkpoints and lora.json: the config, the base directory and the base
 step it was trained on, the trainable parameter count and optimizer-state bytes.
 `restore_params` (what lm.load uses) gives the merged params of a LoRA run directory.
+
+A base written by lm-prune keeps its sparsity: in the kernels its model.json lists, the update
+is masked where W is zero (W' = W + mask * delta), in training and in every merge after it, so
+W' is zero exactly where W is and the adapters get no gradient through those entries.
 """
 import dataclasses
 import json
@@ -32,6 +36,7 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
+from lm.compression.masks import pruned_kernels
 from lm.errors import UserError
 from lm.models.config import ModelConfig
 from lm.models.transformer import Transformer
@@ -116,9 +121,10 @@ class Adapters:
     return {"params": traverse_util.unflatten_dict(adapters)}
 
 
-def merge(base, adapters, lora: LoraConfig, rng=None, dtype=None):
+def merge(base, adapters, lora: LoraConfig, rng=None, dtype=None, pruned=()):
   """`base` with every adapted kernel W replaced by W + (alpha / r) * A @ B (in float32, or
-  `dtype`). rng: draws the dropout masks (see the module doc); None: no dropout."""
+  `dtype`). rng: draws the dropout masks (see the module doc); None: no dropout. pruned: the
+  kernel paths (tuples of keys) of an lm-prune base, whose zeros the update leaves at zero."""
   flat, flat_adapters = traverse_util.flatten_dict(base), traverse_util.flatten_dict(adapters)
   kernels = lora.kernels()
   for i, (path, a) in enumerate(sorted(flat_adapters.items())):
@@ -135,6 +141,8 @@ def merge(base, adapters, lora: LoraConfig, rng=None, dtype=None):
       a_SIR = jnp.where(keep, a_SIR / (1 - lora.dropout), 0)
     b_SRO = b.astype(jnp.float32).reshape(b.shape[:stack] + (lora.rank, -1))
     delta = jnp.matmul(a_SIR, b_SRO).reshape(w.shape) * lora.scale
+    if owner + ("kernel",) in pruned:
+      delta = jnp.where(w == 0, 0.0, delta)
     flat[owner + ("kernel",)] = (w.astype(jnp.float32) + delta).astype(dtype or jnp.float32)
   return traverse_util.unflatten_dict(flat)
 
@@ -179,6 +187,7 @@ class FrozenBase:
         raise UserError(f"{model_dir} is a LoRA run configured otherwise (saved -> "
                         f"configured: {'; '.join(diffs)}); use a new --model_dir")
       self.base_step = saved["base_step"]
+    self.pruned = frozenset(pruned_kernels(self.base_dir))
     abstract, self.shardings = param_shardings(model, mesh, seq_len, rules)
     try:
       params = restore_params(self.base_dir, self.base_step,
@@ -200,12 +209,13 @@ class FrozenBase:
     model on merge(frozen, adapters); the loop passes self.params as `frozen` (an argument of
     the jitted step, never a constant baked into it)."""
     def fn(x, batch, frozen, *, model, **kwargs):
-      return step_fn(x, batch, model=_MergedModel(model, self.lora, frozen), **kwargs)
+      return step_fn(x, batch, model=_MergedModel(model, self.lora, frozen, self.pruned),
+                     **kwargs)
     return fn
 
   def merged(self, adapters):
     """The model's params after training, in the model's weight dtype."""
-    return jax.jit(lambda f, a: merge(f, a, self.lora, dtype=self.dtype),
+    return jax.jit(lambda f, a: merge(f, a, self.lora, dtype=self.dtype, pruned=self.pruned),
                    out_shardings=self.shardings)(self.params, adapters)
 
   def write_json(self, model_dir: str, state) -> dict:
@@ -233,7 +243,8 @@ def restore_params(model_dir: str, step: int | None = None, abstract_params=None
   base = restore_params(saved["base"], saved["base_step"], abstract_params)
   with open(os.path.join(model_dir, "model.json")) as f:
     model_cfg = ModelConfig(**json.load(f)["model"])
-  merge_fn = lambda p, a: merge(p, a, lora, dtype=model_cfg.weight_dtype)
+  pruned = frozenset(pruned_kernels(saved["base"]))
+  merge_fn = lambda p, a: merge(p, a, lora, dtype=model_cfg.weight_dtype, pruned=pruned)
   if abstract_params is None:
     return jax.jit(merge_fn)(base, checkpoints.restore_params(ckpt_dir, step))
   shardings = jax.tree.map(lambda x: x.sharding, abstract_params)
@@ -248,10 +259,10 @@ class _MergedModel:
   """Stands in for the model inside a jitted step: apply() runs it on merge(frozen, params),
   so lm.training.step differentiates the adapters without knowing about LoRA."""
 
-  def __init__(self, model, lora: LoraConfig, frozen):
-    self.model, self.lora, self.frozen = model, lora, frozen
+  def __init__(self, model, lora: LoraConfig, frozen, pruned=()):
+    self.model, self.lora, self.frozen, self.pruned = model, lora, frozen, pruned
 
   def apply(self, variables, *args, rngs=None, **kwargs):
     rng = None if rngs is None else jax.random.fold_in(rngs["dropout"], 0x10A)  # own stream
-    params = merge(self.frozen, variables["params"], self.lora, rng)
+    params = merge(self.frozen, variables["params"], self.lora, rng, pruned=self.pruned)
     return self.model.apply({"params": params}, *args, rngs=rngs, **kwargs)

@@ -4,9 +4,19 @@ Each point's run directory OUT_DIR/<name>/ is lm-train's MODEL_DIR; the sweep ad
 `sweep_run.json` (the point, the command, one record per launch) and `train.log` (every
 launch's output, appended). Re-running the same sweep skips finished runs and relaunches the
 others with the same command, which makes lm-train resume from their latest checkpoint.
+
+Stopping: each run is started in its own session, so a terminal's Ctrl-C (SIGINT to the
+foreground process group) reaches the sweep only, and the sweep passes every SIGINT / SIGTERM
+it receives on to each running run exactly once: one signal makes lm-train save at its current
+step and exit, a second aborts it (lm.training.preemption). Were the signal to reach a run
+twice (from the terminal and from the sweep), the second would abort its save. The sweep then
+waits for the runs to exit. Should the sweep itself die, each run gets SIGTERM (Linux: the
+parent-death signal) and saves, and the runs keep the sweep's lock until they exit.
 """
+import ctypes
 import datetime
 import fcntl
+import functools
 import json
 import os
 import signal
@@ -20,6 +30,9 @@ from lm.sweep import grid, results
 SWEEP_JSON = "sweep.json"
 LOCK = ".sweep.lock"
 MAX_EXIT_STATUS = 100  # exit status = failed runs, capped below the shell's special codes
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 
 
 def prepare(gin_files: list[str], grid_specs: list[str], out_dir: str, zipped: bool = False,
@@ -46,12 +59,15 @@ def prepare(gin_files: list[str], grid_specs: list[str], out_dir: str, zipped: b
 
 
 def run_sweep(runs: list[dict], out_dir: str, parallel: int = 1, spec: dict | None = None,
-              wandb_group: str | None = None, log=print) -> int:
+              wandb_group: str | None = None,
+              log=functools.partial(print, flush=True)) -> int:
   """Runs every unfinished point, `parallel` at a time; returns how many runs failed.
 
   A failing run (error, crash, non-finite loss) is recorded and the others go on. The
   report (results.csv, results.md, curves.png) is rewritten at the end. Holding a lock on
-  OUT_DIR, so that two sweeps never launch the same runs.
+  OUT_DIR (the runs hold it too), so that two sweeps never launch the same runs. SIGINT /
+  SIGTERM: passed on once to each running run (see the module doc), no run is started after
+  it, and KeyboardInterrupt is raised once the runs have exited and been recorded.
   """
   if parallel < 1:
     raise UserError(f"--parallel must be >= 1, got {parallel}")
@@ -60,7 +76,7 @@ def run_sweep(runs: list[dict], out_dir: str, parallel: int = 1, spec: dict | No
   try:
     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
   except BlockingIOError:
-    raise UserError(f"another lm-sweep is running in {out_dir}") from None
+    raise UserError(f"another lm-sweep (or a run it started) is running in {out_dir}") from None
   if spec is not None:
     _write_json(os.path.join(out_dir, SWEEP_JSON), spec)
   env = dict(os.environ)
@@ -76,25 +92,22 @@ def run_sweep(runs: list[dict], out_dir: str, parallel: int = 1, spec: dict | No
       continue
     todo.append((index, run, run_dir))
   running = []
-  interrupted = False
-  previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+  received = []  # the stop signals, in order: the handler only notes them, the loop passes them on
+  previous = {s: signal.signal(s, lambda signum, frame: received.append(signum))
+              for s in STOP_SIGNALS}
   try:
-    while todo or running:
-      while todo and len(running) < parallel:
-        running.append(_launch(*todo.pop(0), env=env, log=log))
+    while (todo and not received) or running:
+      while todo and not received and len(running) < parallel:
+        running.append(_launch(*todo.pop(0), env=env, lock=lock, log=log))
+      _pass_on(received, running, log)
       time.sleep(0.2)
       for job in [j for j in running if j["proc"].poll() is not None]:
         running.remove(job)
-        _finish(job, log)
-  except KeyboardInterrupt:
-    interrupted = True
-    for job in running:
-      job["proc"].terminate()
-    for job in running:
-      job["proc"].wait()
-      _finish(job, log, stopped=True)
+        _finish(job, log, stopped=_stopped(job["proc"].returncode, received))
   finally:
-    signal.signal(signal.SIGTERM, previous)
+    for signum, handler in previous.items():
+      signal.signal(signum, handler)
+  interrupted = bool(received)
   rows = results.write_report(out_dir)
   failed = sum(r["status"] == "failed" for r in rows)
   log(f"{len(rows)} runs: {sum(r['status'] == 'done' for r in rows)} done, {failed} failed"
@@ -105,11 +118,34 @@ def run_sweep(runs: list[dict], out_dir: str, parallel: int = 1, spec: dict | No
   return min(failed, MAX_EXIT_STATUS)
 
 
-def _raise_interrupt(signum, frame):
-  raise KeyboardInterrupt
+def _pass_on(received: list[int], running: list[dict], log):
+  """Sends each running run the signals in `received` it has not been sent yet."""
+  for job in running:
+    for signum in received[job["signalled"]:]:
+      job["proc"].send_signal(signum)
+    if job["signalled"] < len(received) == 1:
+      log(f"{signal.Signals(received[0]).name}: stopping {job['name']} (it saves a checkpoint "
+          "at its current step; a second signal aborts it without saving)")
+    elif job["signalled"] < len(received):
+      log(f"{signal.Signals(received[-1]).name}: aborting {job['name']} without saving")
+    job["signalled"] = len(received)
 
 
-def _launch(index: int, run: dict, run_dir: str, env: dict, log) -> dict:
+def _stopped(returncode: int, received: list[int]) -> bool:
+  """Whether a run exited because of a signal passed on to it (128 + signal, as lm-train
+  exits after saving, or killed by it)."""
+  return any(returncode in (128 + s, -s) for s in received)
+
+
+def _stop_with_the_sweep(sweep_pid: int):
+  """A run's preexec_fn: it gets SIGTERM when the sweep dies (Linux), so that it saves and stops."""
+  if _LIBC is not None:
+    _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != sweep_pid:  # the sweep died before prctl: no such signal will come
+      os._exit(1)
+
+
+def _launch(index: int, run: dict, run_dir: str, env: dict, lock, log) -> dict:
   os.makedirs(run_dir, exist_ok=True)
   info = results.read_json(os.path.join(run_dir, results.RUN_RECORD)) or {"attempts": []}
   info.update(name=run["name"], index=index, point=run["point"], command=run["command"])
@@ -123,11 +159,15 @@ def _launch(index: int, run: dict, run_dir: str, env: dict, log) -> dict:
   with open(log_path, "ab") as out:
     out.write(f"$ {' '.join(run['command'])}\n".encode())
     out.flush()
+    # Own session: out of reach of the terminal's signals. The lock's descriptor is inherited:
+    # a run left behind by a dead sweep keeps the directory locked until it exits.
     proc = subprocess.Popen(run["command"], stdout=out, stderr=subprocess.STDOUT,
-                            env={**env, "WANDB_NAME": run["name"]})
+                            env={**env, "WANDB_NAME": run["name"]}, start_new_session=True,
+                            pass_fds=(lock.fileno(),),
+                            preexec_fn=functools.partial(_stop_with_the_sweep, os.getpid()))
   log(f"start {run['name']}" + (f" (resuming at step {start_step})" if start_step else ""))
   return {"proc": proc, "run_dir": run_dir, "info": info, "offset": offset, "name": run["name"],
-          "t0": time.monotonic()}
+          "t0": time.monotonic(), "signalled": 0}
 
 
 def _finish(job: dict, log, stopped: bool = False):
