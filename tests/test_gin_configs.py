@@ -71,3 +71,14 @@ def test_a_missing_include_is_one_user_error(tmp_path, monkeypatch):
   with pytest.raises(UserError, match="bad gin config: Unable to open file: "
                                       "gin_configs/runs/no_such.gin"):
     parse_gin([str(bad)], [])
+
+
+@pytest.mark.parametrize("binding, message", [
+    ("X = (", "bad gin config: ('EOF in multi-line statement'"),  # tokenize's error
+    ("import no_such_module", "bad gin config: No module named 'no_such_module'"),
+])
+def test_gin_errors_are_user_errors(binding, message):
+  from lm.errors import UserError
+  with pytest.raises(UserError) as e:
+    parse_gin([os.path.join(REPO, "gin_configs", "models", "nano.gin")], [binding])
+  assert str(e.value).startswith(message)
