@@ -158,3 +158,17 @@ def test_console_script_prints_sample_and_clean_errors(tmp_path):
   bad = subprocess.run([sys.executable, "-m", "lm.cli.train", "--model_dir", str(tmp_path),
                         "--gin_file=missing.gin"], capture_output=True, text=True, cwd=REPO)
   assert bad.returncode == 2 and bad.stderr.strip().endswith("gin file not found: missing.gin")
+
+
+@pytest.mark.parametrize("tasks, message", [
+    ("['arc_eazy']", "unknown task 'arc_eazy'; known tasks: "),
+    ("['ppl:/nonexistent/val.txt']", "no file matches '/nonexistent/val.txt'"),
+    ("'arc_easy'", "train.eval_tasks must be a list of task names, got 'arc_easy'"),
+    # A benchmark file missing from train.eval_data_dir.
+    ("['copa']", "copa/copa.jsonl does not exist"),
+])
+def test_bad_eval_tasks_fail_before_training(in_repo, capsys, tmp_path, tasks, message):
+  run = tmp_path / "run"
+  _fails([f"--model_dir={run}", "--gin.TRAIN_STEPS=2", f"--gin.train.eval_tasks={tasks}",
+          f"--gin.train.eval_data_dir='{tmp_path}'"] + NANO_RUN, capsys, message)
+  assert not run.exists()  # nothing trained, nothing written

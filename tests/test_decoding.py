@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
+from lm.cli.common import parse_gin
 from lm.decoding import cache_length, generate_ids, prefill
 from lm.decoding.cache import cache_bytes
 from lm.models.config import ModelConfig
@@ -37,11 +38,10 @@ def _shrink(cfg: ModelConfig) -> ModelConfig:
 
 def _family_configs():
   """One shrunk config per distinct architecture among gin_configs/models/*.gin."""
-  gin.add_config_file_search_path(REPO)
   configs = {}
   for path in sorted(glob.glob(os.path.join(REPO, "gin_configs", "models", "*.gin"))):
     gin.clear_config()
-    gin.parse_config_file(path)
+    parse_gin([path], [])
     cfg = _shrink(ModelConfig())
     gin.clear_config()
     configs.setdefault(cfg, os.path.basename(path)[:-4])

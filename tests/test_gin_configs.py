@@ -40,3 +40,45 @@ def test_config_builds_its_model(path):
                              jnp.zeros((1, seq_len), jnp.int32))
   count = sum(x.size for x in jax.tree.leaves(variables["params"]))
   assert count == num_params(cfg)
+
+
+def _decoy_tree(root):
+  """A gin_configs/ tree whose pretrain.gin differs from the repository's."""
+  runs = root / "gin_configs" / "runs"
+  runs.mkdir(parents=True)
+  (runs / "pretrain.gin").write_text("TRAIN_STEPS = 7\n")
+  return root
+
+
+def test_includes_resolve_from_the_given_files_tree_wherever_lm_runs(tmp_path, monkeypatch):
+  # The repository on sys.path (PYTHONPATH=repo, `python -m pytest`) makes `gin_configs.runs` a
+  # namespace package; the working directory elsewhere, holding another gin_configs/ tree.
+  monkeypatch.syspath_prepend(REPO)
+  monkeypatch.chdir(_decoy_tree(tmp_path))
+  parse_gin([os.path.join(REPO, "gin_configs", "runs", "shakespeare_char_cpu.gin")], [])
+  assert gin.query_parameter("%TRAIN_STEPS") == 2000  # the run config's own value
+  assert gin.query_parameter("%MESH_SHAPE") == (-1, 1, 1)  # from the repo's pretrain.gin
+  assert gin.query_parameter("ModelConfig.num_layers") == 4  # its models/ include
+
+
+def test_a_missing_include_is_one_user_error(tmp_path, monkeypatch):
+  from lm.errors import UserError
+  monkeypatch.syspath_prepend(REPO)
+  monkeypatch.chdir(tmp_path)
+  bad = tmp_path / "gin_configs" / "runs" / "bad.gin"
+  bad.parent.mkdir(parents=True)
+  bad.write_text("include 'gin_configs/runs/no_such.gin'\n")
+  with pytest.raises(UserError, match="bad gin config: Unable to open file: "
+                                      "gin_configs/runs/no_such.gin"):
+    parse_gin([str(bad)], [])
+
+
+@pytest.mark.parametrize("binding, message", [
+    ("X = (", "bad gin config: ('EOF in multi-line statement'"),  # tokenize's error
+    ("import no_such_module", "bad gin config: No module named 'no_such_module'"),
+])
+def test_gin_errors_are_user_errors(binding, message):
+  from lm.errors import UserError
+  with pytest.raises(UserError) as e:
+    parse_gin([os.path.join(REPO, "gin_configs", "models", "nano.gin")], [binding])
+  assert str(e.value).startswith(message)

@@ -1,9 +1,12 @@
 """Shared CLI plumbing: gin files and `--gin.NAME=value` bindings, user errors without tracebacks."""
 import argparse
+import contextlib
 import os
 import sys
+import tokenize
 
 import gin
+import gin.resource_reader
 
 from lm.errors import UserError
 
@@ -43,17 +46,49 @@ def _search_root(path: str) -> str | None:
   return None
 
 
+# The checkout lm runs from (an editable install or PYTHONPATH), if it holds the configs.
+_LM_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_LM_ROOT = _LM_ROOT if os.path.isdir(os.path.join(_LM_ROOT, "gin_configs")) else None
+
+
+@contextlib.contextmanager
+def _include_search_path(files):
+  """Gin resolves a relative include against, in order: the tree of each gin file given, the
+  working directory, then lm's own checkout; never against sys.path.
+
+  Gin tries its prefixes in list order, starting with '' (the working directory), and for each
+  also gin.resource_reader, which reads 'a/b/x.gin' as package `a.b` on sys.path: with the
+  repository on sys.path it finds `gin_configs.runs` as a namespace package without a file and
+  raises a TypeError, and with another checkout there it reads that one's file. So the given
+  files' trees come first and that reader is left out. Both lists are private to gin
+  (gin-config is pinned below 0.6); they are restored afterwards.
+  """
+  prefixes = gin.config._LOCATION_PREFIXES  # pylint: disable=protected-access
+  readers = gin.config._FILE_READERS  # pylint: disable=protected-access
+  saved = list(prefixes), list(readers)
+  roots = [_search_root(path) for path in files] + saved[0] + [_LM_ROOT]
+  prefixes[:] = list(dict.fromkeys(r for r in roots if r is not None))
+  readers[:] = [r for r in saved[1] if r[0] is not gin.resource_reader.system_path_reader]
+  try:
+    yield
+  finally:
+    prefixes[:], readers[:] = saved
+
+
 def parse_gin(files, bindings):
-  """Parses gin files then bindings, turning gin's errors into one-line user errors."""
+  """Parses gin files then bindings, turning gin's errors into one-line user errors.
+
+  Every lm entry point (lm-train, lm-info, tests, notebooks) parses gin files through here, so
+  includes resolve the same way everywhere (see _include_search_path).
+  """
   for path in files:
     if not os.path.exists(path):
       raise UserError(f"gin file not found: {path}")
-    root = _search_root(path)
-    if root:
-      gin.add_config_file_search_path(root)
+  files = [os.path.abspath(path) for path in files]
   try:
-    gin.parse_config_files_and_bindings(files, bindings, finalize_config=False)
-  except (ValueError, IOError, SyntaxError) as e:
+    with _include_search_path(files):
+      gin.parse_config_files_and_bindings(files, bindings, finalize_config=False)
+  except (ValueError, IOError, SyntaxError, ImportError, tokenize.TokenError) as e:
     raise UserError(f"bad gin config: {first_line(e)}") from None
 
 

@@ -8,13 +8,12 @@ closing each assistant turn, 0 elsewhere).
 
 An example longer than SEQ_LEN is dropped (overlong="drop", the default) or cut to its first
 SEQ_LEN tokens (overlong="truncate"; dropped if no trained token is left); either way the count
-is logged once per task and length (`overlong_counts`). Examples are never split, so packing
+is printed once per task and length (`overlong_counts`). Examples are never split, so packing
 (`LossMaskFeatureConverter`) keeps each one whole in one row, apart from its neighbours
 (segment ids, positions restarting at 0), with its own weights.
 """
 import functools
 import json
-import logging
 import os
 from typing import Mapping
 
@@ -34,7 +33,6 @@ OVERLONG = ("drop", "truncate")
 _WEIGHTS_FEATURE = seqio.Feature(seqio.PassThroughVocabulary(2), add_eos=False, dtype=tf.int32)
 _logged = set()
 _tokenized = {}  # (files' paths, mtimes and sizes, vocabulary id, template) -> (vocabulary, splits)
-log = logging.getLogger(__name__)
 
 
 def _encode_text(vocabulary: seqio.Vocabulary):
@@ -100,9 +98,9 @@ def _fit_length(dataset, sequence_length, output_features, task_name, overlong, 
     _logged.add((task_name, length))
     for split, (over, total) in overlong_counts(lengths, length).items():
       if over:
-        log.warning("task %s split %s: %d of %d examples are longer than %d tokens: %s",
-                    task_name, split, over, total, length,
-                    "dropped" if overlong == "drop" else "truncated")
+        # printed, not logged: lm-train's quiet start hides library WARNING logs
+        print(f"note: task {task_name} split {split}: {over} of {total} examples are longer "
+              f"than {length} tokens: {'dropped' if overlong == 'drop' else 'truncated'}")
   if overlong == "drop":
     return dataset.filter(lambda ex: tf.size(ex["targets"]) <= length)
   dataset = dataset.map(lambda ex: {k: v[:length] for k, v in ex.items()})

@@ -88,7 +88,8 @@ def train(model_dir: str, *, model_cfg: ModelConfig = gin.REQUIRED, input_cfg=gi
       log_every=log_every, eval_every=eval_every, eval_steps=eval_steps,
       checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
       grad_accum_steps=grad_accum_steps, seed=seed, nonfinite=nonfinite,
-      max_consecutive_skips=max_consecutive_skips, eval_limit=eval_limit)
+      max_consecutive_skips=max_consecutive_skips, eval_limit=eval_limit, eval_tasks=eval_tasks,
+      eval_data_dir=eval_data_dir)
   mesh = make_mesh(mesh_shape)
   check_divisible(mesh, batch_size, model_cfg.num_heads, model_cfg.kv_heads)
   check_model_divisible(mesh, model_cfg)

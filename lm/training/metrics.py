@@ -30,8 +30,12 @@ def peak_flops_per_device(override: float | None = None) -> float | None:
 class MetricsWriter:
   """Writes each step's scalars to MODEL_DIR/metrics.jsonl, TensorBoard and (optionally) W&B.
 
-  resume_step: the step a resumed run restored; metrics.jsonl lines past it (logged after that
-  checkpoint by the interrupted run, and about to be logged again) are dropped.
+  resume_step: the step a resumed run restored; what the interrupted run logged past it (about
+  to be logged again) is dropped: metrics.jsonl's lines, and TensorBoard's points (a session
+  start at resume_step + 1, which TensorBoard reads as a restart: it hides the earlier events at
+  or past that step once a second start is seen, so every run writes one). W&B cannot rewind a
+  run: it ignores steps at or below the last one it holds (with a warning each), keeping the
+  interrupted run's values there, the same values when the resume is exact.
   run_id: the W&B run id, the same for every resume of one run.
   """
 
@@ -44,7 +48,7 @@ class MetricsWriter:
     _drop_lines_after(path, resume_step)
     self._jsonl = open(path, "a", encoding="utf-8")
     from tensorboardX import SummaryWriter  # imported here: only process 0 writes
-    self._tb = SummaryWriter(os.path.join(model_dir, "tensorboard"))
+    self._tb = SummaryWriter(os.path.join(model_dir, "tensorboard"), purge_step=resume_step + 1)
     self._wandb = None
     if wandb_project:
       import wandb
