@@ -110,8 +110,9 @@ class LoadedModel:
 
     Strings are tokenized jointly and split at the context's token count; an empty context
     becomes the BOS token (EOS when there is no BOS); context + continuation is cut on the
-    left to max_len + 1 tokens (lm-evaluation-harness' `loglikelihood`). Token lists are used
-    as given (an empty token context also becomes the prefix token).
+    left to max_len + 1 tokens (lm-evaluation-harness' `loglikelihood`); a continuation left
+    with no tokens of its own (it merged into the context's last token) scores 0.0, greedy.
+    Token lists are used as given (an empty token context also becomes the prefix token).
     """
     if len(contexts) != len(continuations):
       raise ValueError(f"{len(contexts)} contexts but {len(continuations)} continuations")
