@@ -139,7 +139,7 @@ class LoadedModel:
         request = scoring.encode_pair(self._encode, context, continuation, self._prefix())
       else:
         request = (list(context) or [self._prefix()], list(continuation))
-        self._check_ids(request[0] + request[1], f"request {len(requests)}")
+      self._check_ids(request[0] + request[1], f"request {len(requests)}")
       requests.append(request)
     return self._score_requests(requests, batch_tokens)
 
