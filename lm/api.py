@@ -89,9 +89,24 @@ class LoadedModel:
     return self.tokenizer.bos_id if self.tokenizer.bos_id is not None else self.tokenizer.eos_id
 
   # -- forward and scoring ----------------------------------------------------------------
+  def _check_ids(self, ids, what: str):
+    """UserError for a token id outside [0, vocab_size): its embedding lookup would be out of
+    bounds, which XLA fills with NaN."""
+    ids = np.asarray(ids)
+    if ids.size and (ids.min() < 0 or ids.max() >= self.config.vocab_size):
+      raise UserError(f"{what} has a token id outside [0, {self.config.vocab_size})")
+
   def logits(self, tokens) -> jax.Array:
-    """int tokens [batch, length] -> float32 logits [batch, length, vocab]."""
-    tokens_BL = np.asarray(tokens, np.int32)
+    """int tokens [batch, length] -> float32 logits [batch, length, vocab].
+
+    Ids must lie in [0, vocab_size) and, with learned positions, length <= max_len (beyond
+    either the lookups are out of bounds: a UserError rather than NaN logits)."""
+    tokens_BL = np.asarray(tokens)
+    if self.config.positions == "learned" and tokens_BL.shape[-1] > self.config.max_len:
+      raise UserError(f"{tokens_BL.shape[-1]} tokens exceed the model's {self.config.max_len} "
+                      "learned positions")
+    self._check_ids(tokens_BL, "tokens")
+    tokens_BL = tokens_BL.astype(np.int32)
     with self._context():
       logits_BLV = self._logits(self.params, self._put_batch(self._pad_rows(tokens_BL)))
     return logits_BLV[:len(tokens_BL)]
@@ -110,8 +125,9 @@ class LoadedModel:
 
     Strings are tokenized jointly and split at the context's token count; an empty context
     becomes the BOS token (EOS when there is no BOS); context + continuation is cut on the
-    left to max_len + 1 tokens (lm-evaluation-harness' `loglikelihood`). Token lists are used
-    as given (an empty token context also becomes the prefix token).
+    left to max_len + 1 tokens (lm-evaluation-harness' `loglikelihood`); a continuation left
+    with no tokens of its own (it merged into the context's last token) scores 0.0, greedy.
+    Token lists are used as given (an empty token context also becomes the prefix token).
     """
     if len(contexts) != len(continuations):
       raise ValueError(f"{len(contexts)} contexts but {len(continuations)} continuations")
@@ -123,6 +139,7 @@ class LoadedModel:
         request = scoring.encode_pair(self._encode, context, continuation, self._prefix())
       else:
         request = (list(context) or [self._prefix()], list(continuation))
+      self._check_ids(request[0] + request[1], f"request {len(requests)}")
       requests.append(request)
     return self._score_requests(requests, batch_tokens)
 
@@ -138,6 +155,7 @@ class LoadedModel:
     requests, owner = [], []
     for i, text in enumerate(texts):
       ids = self._encode(text) if isinstance(text, str) else list(text)
+      self._check_ids(ids, f"text {i}")
       windows = scoring.rolling_windows(ids, self._prefix(), self.config.max_len, context_len)
       requests += windows
       owner += [i] * len(windows)

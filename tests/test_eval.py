@@ -2,6 +2,7 @@
 full-sequence logits, harness metric conventions, few-shot draws, perplexity, user errors."""
 import json
 import math
+import os
 
 import jax
 import numpy as np
@@ -112,7 +113,7 @@ def test_fewshot_never_draws_the_scored_item_and_is_reproducible():
       assert i not in drawn and len(set(drawn)) == 5
       assert drawn == fewshot.sample_indices(6, 5, seed, "t", i)
   assert {tuple(fewshot.sample_indices(50, 3, s, "t", 0)) for s in range(5)}.__len__() > 1
-  with pytest.raises(ValueError):
+  with pytest.raises(UserError):
     fewshot.sample_indices(6, 6, 0, "t", 0)  # only 5 others
   pool = ["a", "b", "a", "c", "d", "e"]  # "a" twice: neither copy is drawn for document 0
   draws = fewshot.harness_draws(pool, pool, 3, seed=1234)
@@ -176,3 +177,173 @@ def test_seqio_perplexity_equals_score_rolling_on_the_same_text(trained_run):
   assert result.num_examples == 1 and nbytes > 100_000
   assert result.metrics["bits_per_byte"] == pytest.approx(-total / nbytes / math.log(2), 1e-5)
   assert result.metrics["token_perplexity"] == pytest.approx(math.exp(-total / len(ids)), 1e-5)
+
+
+def _ppl_argv(model_dir, docs, *extra):
+  return [f"--model_dir={model_dir}", f"--tasks=ppl:{docs}", "--no_compilation_cache",
+          *extra]
+
+
+def test_lm_eval_merges_each_run_into_the_step_report(trained_run, tmp_path, capsys):
+  import shutil
+  from lm.cli import eval as eval_cli
+  model_dir = str(tmp_path / "run")
+  shutil.copytree(trained_run, model_dir, ignore=shutil.ignore_patterns("eval"))
+  a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+  a.write_text("first citizen: we are accounted poor citizens. " * 4)
+  b.write_text("before we proceed any further, hear me speak. " * 4)
+  path = os.path.join(model_dir, "eval", "step_40.json")
+
+  def run(*argv):
+    with pytest.raises(SystemExit) as exit_info:
+      eval_cli.main(list(argv))
+    assert exit_info.value.code == 0, capsys.readouterr().err
+    with open(path) as f:
+      return json.load(f)
+
+  first = run(*_ppl_argv(model_dir, a))
+  both = run(*_ppl_argv(model_dir, b))
+  assert list(both["results"]) == [f"ppl:{a}", f"ppl:{b}"]  # the first run's task is kept
+  for section in ("results", "stderr", "num_examples", "examples"):
+    assert both[section][f"ppl:{a}"] == first[section][f"ppl:{a}"]
+  assert both["config"]["tasks"] == [f"ppl:{b}"]
+  again = run(*_ppl_argv(model_dir, a, "--seq_len=16"))  # a again: a replaced, b kept
+  assert again["results"][f"ppl:{b}"] == both["results"][f"ppl:{b}"]
+  assert again["results"][f"ppl:{a}"] != first["results"][f"ppl:{a}"]
+  assert again["task_config"][f"ppl:{a}"]["seq_len"] == 16
+  assert again["task_config"][f"ppl:{b}"]["seq_len"] is None
+  assert os.listdir(os.path.dirname(path)) == ["step_40.json"]  # no temporary file left
+  with open(path, "w") as f:
+    f.write("{not json")  # a damaged report is refused before evaluating, and kept
+  with pytest.raises(SystemExit) as exit_info:
+    eval_cli.main(_ppl_argv(model_dir, a))
+  assert exit_info.value.code == 2
+  assert "error: " in capsys.readouterr().err and open(path).read() == "{not json"
+
+
+def test_lm_eval_bad_options_and_files_are_one_error_line(trained_run, tmp_path, capsys):
+  from lm.cli import eval as eval_cli
+  data = tmp_path / "data"
+  (data / "copa").mkdir(parents=True)
+  (data / "copa" / "copa.jsonl").write_text("".join(json.dumps(
+      {"query": f"the man fell {i}, because", "choices": ["he slipped", "he sang"], "gold": 0})
+      + "\n" for i in range(3)))
+  strings = tmp_path / "strings.jsonl"
+  strings.write_text('{"text": "a document"}\n"a string, not an object"\n')
+  docs = tmp_path / "docs.txt"
+  docs.write_text("some text")
+  cases = [
+      (["--tasks=copa", f"--data_dir={data}", "--num_fewshot=2000", "--limit=2"],
+       "copa: --num_fewshot 2000 asks for more examples than the 2 other documents"),
+      ([f"--tasks=ppl:{strings}"], f'{strings}:2: expected an object with a string "text"'),
+      ([f"--tasks=ppl:{docs}", "--stride=0"], "--stride must be >= 1, got 0"),
+      ([f"--tasks=ppl:{docs}", "--seq_len=0"], "--seq_len must be >= 1, got 0"),
+  ]
+  for argv, message in cases:
+    with pytest.raises(SystemExit) as exit_info:
+      eval_cli.main([f"--model_dir={trained_run}", "--no_compilation_cache"] + argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("error: ") and message in err, err
+
+
+def test_perplexity_window_options_are_checked_not_defaulted(model):
+  ids = [model.tokenizer.encode("the cat sat on the mat")]
+  for kwargs, message in [({"seq_len": 0}, "--seq_len must be >= 1"),
+                          ({"stride": 0}, "--stride must be in"),
+                          ({"seq_len": 8, "stride": 9}, "--stride must be in")]:
+    with pytest.raises(UserError, match=message):
+      perplexity.window_logprobs(model, ids, **kwargs)
+
+
+def test_fewshot_pool_too_small_is_a_user_error():
+  pool = [f"doc {i}" for i in range(5)]
+  for sampler in fewshot.SAMPLERS:
+    assert all(len(d) == 4 for d in fewshot.draws(sampler, pool, pool, 4, 0, "t"))
+    with pytest.raises(UserError, match="t: --num_fewshot 5 asks for more examples than the 4"):
+      fewshot.draws(sampler, pool, pool[:2], 5, 0, "t")
+  pool = ["a", "a", "b", "c"]  # copies of document 0: only two others remain
+  with pytest.raises(UserError, match="--num_fewshot"):
+    fewshot.draws("harness", pool, pool[:1], 3, 0, "t")
+
+
+def test_logits_reject_tokens_the_model_cannot_embed(model):
+  cfg = model.config  # learned positions, max_len 48
+  ok = np.asarray(model.logits(np.ones((2, cfg.max_len), np.int32)))
+  assert ok.shape == (2, cfg.max_len, cfg.vocab_size) and np.isfinite(ok).all()
+  for tokens, message in [(np.ones((1, cfg.max_len + 1), np.int32), "49 tokens exceed"),
+                          ([[1, 2, cfg.vocab_size]], "outside"), ([[1, -1]], "outside")]:
+    with pytest.raises(UserError, match=message):
+      model.logits(tokens)
+  with pytest.raises(UserError, match="request 1 has a token id outside"):
+    model.score([[1, 2], [3]], [[4], [cfg.vocab_size]])
+  with pytest.raises(UserError, match="text 0 has a token id outside"):
+    model.score_rolling([[1, cfg.vocab_size + 5]])
+
+
+def test_a_continuation_merged_into_the_context_scores_zero(model, monkeypatch):
+  # A tokenizer whose joint encoding of "ab" is one token: "a" + "b" leaves the continuation
+  # no token of its own (the harness's answer: log-likelihood 0.0, greedy).
+  encode = model._encode
+
+  def merging_encode(text, add_special_tokens=False):
+    return encode(text[:-2]) + [7] if text.endswith("ab") else encode(text)
+
+  monkeypatch.setattr(model, "_encode", merging_encode)
+  contexts, continuations = ["the a", "the a"], ["b", " sky"]
+  lls, greedy = model.score(contexts, continuations)
+  assert lls[0] == 0.0 and greedy[0]
+  (item_lls, item_greedy), = scoring.score_items(model, [list(zip(contexts, continuations))])
+  assert item_lls[0] == 0.0 and item_greedy[0]
+  assert item_lls[1] == pytest.approx(lls[1], abs=2e-4) and lls[1] < 0
+
+
+def test_training_eval_reuses_its_compiled_model(trained_run, tmp_path):
+  import lm
+  from jax._src import dispatch
+  from lm.evaluation import training
+  data = tmp_path / "data"
+  (data / "copa").mkdir(parents=True)
+  (data / "copa" / "copa.jsonl").write_text("".join(json.dumps(
+      {"query": f"the man fell {i}, because", "choices": ["he slipped", "he sang"], "gold": 0})
+      + "\n" for i in range(3)))
+  docs = tmp_path / "docs.txt"
+  docs.write_text("first citizen: before we proceed any further, hear me speak. " * 3)
+  loaded = lm.load(trained_run)
+  tasks = ["copa", f"ppl:{docs}"]
+
+  def scalars(params):
+    return training.task_scalars(trained_run, loaded.config, params, loaded.mesh, tasks,
+                                 data_dir=str(data))
+
+  first = scalars(loaded.params)
+  params = jax.tree.map(lambda p: p * 1.0, loaded.params)  # new arrays, same shapes
+  traces = []
+  listener = lambda event, duration, **_: traces.append(event)  # noqa: E731
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    second = scalars(params)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert second == first
+  assert dispatch.JAXPR_TRACE_EVENT not in traces  # nothing traced (or compiled) again
+  assert training._cached[1].params is None  # no training params kept alive between evals
+
+
+def test_seqio_perplexity_of_an_instruction_task_scores_its_trained_tokens(model, tmp_path):
+  from lm.data import vocabularies
+  from lm.data.chat_templates import record_messages
+  from lm.data.instruct import register_instruct_task, tokenize_conversation
+  records = [{"prompt": "what is red?", "response": "a rose."},
+             {"prompt": "and blue?", "response": "the sky, mostly."}]
+  path = tmp_path / "chats.jsonl"
+  path.write_text("".join(json.dumps(r) + "\n" for r in records))
+  vocab = vocabularies.CharVocabulary(model.tokenizer.chars)  # the model's ids
+  name = register_instruct_task("instruct_ppl_eval", {"validation": str(path)}, vocab)
+  ids = [tokenize_conversation(record_messages(r), vocab)[0] for r in records]
+  result = registry.get_task(f"seqio:{name}")(model, data_dir=None, batch_size=4)
+  total = float(np.sum(model.score_rolling(ids)))
+  assert result.num_examples == 2
+  assert result.metrics["token_perplexity"] == pytest.approx(
+      math.exp(-total / sum(map(len, ids))), 1e-5)
+  assert [e["tokens"] for e in result.examples] == [len(i) for i in ids]

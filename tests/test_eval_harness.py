@@ -3,6 +3,7 @@ lm-eval's acc / acc_norm equal the harness's, run both through our `LM` adapter 
 harness's own `hf` model on the same weights; lm-eval runs with TensorFlow blocked."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,6 +25,7 @@ from lm_eval.tasks import TaskManager  # noqa: E402
 import lm  # noqa: E402
 from lm.cli import eval as eval_cli  # noqa: E402
 from lm.convert import hf_dirs  # noqa: E402
+from lm.errors import UserError  # noqa: E402
 from lm.evaluation.harness import HarnessLM  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,6 +48,21 @@ metric_list:
   - metric: acc_norm
     aggregation: mean
     higher_is_better: true
+"""
+
+MERGE_YAML = """task: merge_local
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {path}
+output_type: multiple_choice
+test_split: test
+doc_to_text: "{{{{query}}}}"
+doc_to_target: gold
+doc_to_choice: choices
+target_delimiter: ""
+metric_list:
+  - metric: acc
 """
 
 
@@ -82,12 +99,16 @@ def gpt2(tmp_path_factory):
 def task_manager(tmp_path_factory):
   """One harness TaskManager (indexing the harness's tasks takes seconds) with local YAMLs
   over arc_easy.jsonl: arc_easy_local, and arc_easy_local_fs whose few-shot pool is the
-  same file (fewshot_split = test_split: never the scored document)."""
+  same file (fewshot_split = test_split: never the scored document); and merge_local, one
+  document "hel" with the choices "lo" and " world" and no target delimiter."""
   yaml_dir = tmp_path_factory.mktemp("harness_yaml")
   path = os.path.join(EVALDATA, "arc", "arc_easy.jsonl")
   (yaml_dir / "arc_easy_local.yaml").write_text(ARC_YAML.format(task="arc_easy_local", path=path))
   (yaml_dir / "arc_easy_local_fs.yaml").write_text(
       ARC_YAML.format(task="arc_easy_local_fs", path=path) + "fewshot_split: test\n")
+  docs = yaml_dir / "merge.jsonl"
+  docs.write_text(json.dumps({"query": "hel", "choices": ["lo", " world"], "gold": 0}) + "\n")
+  (yaml_dir / "merge_local.yaml").write_text(MERGE_YAML.format(path=docs))
   return TaskManager(include_path=str(yaml_dir))
 
 
@@ -201,3 +222,66 @@ def test_fewshot_prompts_equal_the_harness_prompts(task_manager, monkeypatch):
   ours = [tuple(pair) for item in captured for pair in item]
   assert sorted(ours) == sorted(recorder.requests) and len(ours) == 12 * 4
   assert all(context.count("\n\n") == 3 for context, _ in ours)
+
+
+
+def test_a_continuation_merged_into_the_context_scores_zero_as_in_the_harness(gpt2,
+                                                                             task_manager):
+  # GPT-2's BPE encodes "hel" + "lo" as the one token "hello": the split leaves the
+  # continuation no token. lm-evaluation-harness 0.4.13 scores that 0.0 (its ONNX backend;
+  # its HF backend asserts), and so do score, score_items and the adapter.
+  hf_dir, lm_dir = gpt2
+  model = lm.load(lm_dir)
+  tok = gpt2_tokenizer()
+  assert tok.encode("hel") == [2978] and tok.encode("hello") == [31373]
+  assert tok.encode("hel world") == [2978, 995]
+  out = lm_eval.simple_evaluate(model=HarnessLM(model), tasks=["merge_local"], num_fewshot=0,
+                                task_manager=task_manager, log_samples=True)
+  (sample,) = out["samples"]["merge_local"]
+  assert [tuple(a) for a in sample["arguments"]][0][:2] == ("hel", "lo")
+  (merged, merged_greedy), (world, _) = [r[0] for r in sample["resps"]]
+  hf = transformers.GPT2LMHeadModel.from_pretrained(hf_dir).eval()
+  with torch.no_grad():
+    logp = torch.log_softmax(hf(torch.tensor([[2978]])).logits[0, -1].double(), -1)
+  assert (merged, merged_greedy) == (0.0, True)
+  assert world == pytest.approx(float(logp[995]), abs=1e-3)  # the other choice is scored
+  lls, greedy = model.score(["hel", "hel"], ["lo", " world"])
+  assert (lls[0], greedy[0]) == (0.0, True) and lls[1] == pytest.approx(world, abs=1e-4)
+
+
+def test_adapter_generate_until_cuts_the_context_on_the_left_to_leave_max_gen_toks(trained_run):
+  from lm_eval.api.instance import Instance
+  model = lm.load(trained_run)  # learned positions, max_len 32
+  context = "First Citizen:\nBefore we proceed any further"  # 44 characters
+  ids = model.tokenizer.encode(context)
+  assert len(ids) + 8 > model.config.max_len
+  request = Instance("generate_until", {}, (context, {"until": ["QQQ"], "max_gen_toks": 8}), 0)
+  expected = model.tokenizer.decode(model.generate([ids[-(32 - 8):]], max_new_tokens=8)[0])
+  assert HarnessLM(model).generate_until([request]) == [expected]
+  too_long = Instance("generate_until", {}, (context, {"max_gen_toks": 32}), 0)
+  with pytest.raises(UserError, match="leaves no room"):
+    HarnessLM(model).generate_until([too_long])
+
+
+def test_adapter_generate_until_adds_no_second_bos(gpt2, tmp_path):
+  # A tokenizer that adds BOS (as Llama's do): a context that starts with the BOS text gets
+  # no second one (the harness's has_bos_prefix); any other context gets the tokenizer's BOS.
+  from lm_eval.api.instance import Instance
+  from tokenizers import Tokenizer, processors
+  from lm.tokenizers import HFTokenizer
+  _, lm_dir = gpt2
+  model = lm.load(lm_dir)
+  directory = tmp_path / "tokenizer"
+  shutil.copytree(os.path.join(lm_dir, "tokenizer"), directory)
+  tok = Tokenizer.from_file(str(directory / "tokenizer.json"))
+  tok.post_processor = processors.TemplateProcessing(
+      single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", 50256)])
+  tok.save(str(directory / "tokenizer.json"))
+  model.tokenizer = HFTokenizer(str(directory))
+  assert model.tokenizer.encode("Hello") == [50256, 15496]
+  requests = [Instance("generate_until", {}, (c, {"until": [], "max_gen_toks": 6}), i)
+              for i, c in enumerate(["<|endoftext|>Hello", "Hello"])]
+  once, twice = (model.tokenizer.decode(model.generate([ids], max_new_tokens=6)[0])
+                 for ids in ([50256, 15496], [50256, 50256, 15496]))
+  assert once != twice  # the check can tell the two apart
+  assert HarnessLM(model).generate_until(requests) == [once, once]

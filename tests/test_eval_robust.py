@@ -3,10 +3,11 @@ robustness tasks (lm.evaluation.robustness) report clean/perturbed accuracy and 
 import os
 import re
 
+import numpy as np
 import pytest
 
 from lm.errors import UserError
-from lm.evaluation import perturb, robustness
+from lm.evaluation import fewshot, perturb, registry, robustness, scoring
 from lm.evaluation.multiple_choice import Doc
 
 DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..",
@@ -193,3 +194,29 @@ def test_advglue_reports_each_subtask_and_their_mean(monkeypatch):
   assert result.metrics["acc"] == pytest.approx(3.0 / 6)
   assert result.stderr["acc"] == pytest.approx((6 * 0.01) ** 0.5 / 6)
   assert result.num_examples == 30
+
+
+@pytest.mark.parametrize("name, keys", [
+    ("advglue_sst2", ["advglue_sst2"]),
+    ("advglue", [f"advglue_{s}" for s in robustness.ADVGLUE_TASKS]),
+    ("robust:arc_easy:stress", ["arc_easy", "arc_easy"]),  # clean, then perturbed
+])
+def test_per_document_fewshot_sampling_reaches_advglue_and_robust(name, keys, monkeypatch):
+  """Each scored prompt's few-shot examples are the per_document sampler's draws for its
+  (seed, task, document index), not the harness sampler's."""
+  docs = [Doc(f"Question: q{i}?\nAnswer:", [f"a{i}", f"b{i}"], 0) for i in range(12)]
+  monkeypatch.setattr(robustness, "advglue_docs", lambda data_dir, sub: docs)
+  monkeypatch.setattr(robustness, "task_docs", lambda task, data_dir: docs)
+  calls = []
+  monkeypatch.setattr(scoring, "score_items", lambda model, items, batch_size: (
+      calls.append(items) or [(np.zeros(2), np.zeros(2, bool)) for _ in items]))
+  registry.get_task(name)(None, data_dir=None, num_fewshot=2, limit=4, seed=3, batch_size=1,
+                          fewshot_sampling="per_document")
+  assert len(calls) == len(keys)
+  for key, items in zip(keys, calls):
+    for i, item in enumerate(items):
+      drawn = fewshot.sample_indices(len(docs), 2, 3, key, i)
+      prefix = fewshot.join_examples([docs[j].rendered() for j in drawn])
+      assert item[0][0].startswith(prefix) and item[0][0].count("\n\n") == 2, (key, i)
+  harness = fewshot.harness_draws(docs, docs[:4], 2, 3)
+  assert harness != [fewshot.sample_indices(12, 2, 3, keys[0], i) for i in range(4)]

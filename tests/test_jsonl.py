@@ -27,3 +27,14 @@ def test_missing_file_message(tmp_path):
     read_jsonl(str(tmp_path / "none.jsonl"))
   with pytest.raises(UserError, match="^no prompts here$"):
     read_jsonl(str(tmp_path / "none.jsonl"), missing="no prompts here")
+
+
+def test_gzipped_files_and_truncated_ones(tmp_path):
+  import gzip
+  path = tmp_path / "a.jsonl.gz"
+  data = gzip.compress(b'{"text": "x"}\n\n[1]\n')
+  path.write_bytes(data)
+  assert read_jsonl(str(path)) == [(1, {"text": "x"}), (3, [1])]
+  path.write_bytes(data[:-6])
+  with pytest.raises(UserError, match="a.jsonl.gz: not a complete gzip file"):
+    read_jsonl(str(path))

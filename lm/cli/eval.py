@@ -3,16 +3,21 @@
   lm-eval --model_dir=/tmp/lm/run --tasks=arc_easy,piqa,lambada_openai --data_dir=../shared/evaldata
   lm-eval --model_dir=DIR --tasks=ppl:/data/val.jsonl,seqio:tiny_shakespeare_char --seq_len=256
 
-Prints a table (task, metric, value, stderr) and writes MODEL_DIR/eval/step_<N>.json: every
-score, its standard error, the config and the first rendered prompts with the model's answers.
+Prints a table (task, metric, value, stderr) and adds the run to MODEL_DIR/eval/step_<N>.json:
+every score, its standard error, the config and the first rendered prompts with the model's
+answers, per task; a task evaluated again replaces that task's entries, the step's other tasks
+are kept (each task's run config is under task_config).
 Imports no TensorFlow except for `seqio:` tasks. Compiled programs are kept in JAX's
 persistent compilation cache under $LM_CACHE_DIR/jax (default ~/.cache/lm/jax), so a second
 run of the same model shape skips most compilation (--no_compilation_cache: off).
 """
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import sys
+import tempfile
 
 from lm.cli.common import run_main
 from lm.errors import UserError
@@ -49,13 +54,75 @@ def _use_compilation_cache():
   jax.config.update("jax_compilation_cache_dir", os.path.join(root, "jax"))
 
 
-def _write_json(path: str, report: dict):
-  """Writes atomically: a crash never leaves half a file."""
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(report, f, indent=1)
-  os.replace(tmp, path)
+REPORT_SECTIONS = ("results", "stderr", "num_examples", "seconds", "examples", "task_config")
+
+
+def _read_report(path: str) -> dict:
+  """The step's report written by earlier runs ({} if none); a file that is not one is a
+  UserError (checked before evaluating too, so that a long run is not lost at the end)."""
+  if not os.path.exists(path):
+    return {}
+  try:
+    with open(path, encoding="utf-8") as f:
+      report = json.load(f)
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise UserError(f"{path}: cannot read the step's report ({e}); move it away") from None
+  if not isinstance(report, dict) or not all(isinstance(report.get(k, {}), dict)
+                                             for k in REPORT_SECTIONS):
+    raise UserError(f"{path} is not an lm-eval report; move it away")
+  return report
+
+
+def merge_report(old: dict, new: dict) -> dict:
+  """`old` (a step's file) updated with the run `new` (lm.evaluate's dict): each of new's
+  tasks replaces that task's entries, other tasks are kept; `config` is the latest run's and
+  task_config[task] the run config that produced each task's numbers."""
+  merged = {k: dict(old.get(k, {})) for k in REPORT_SECTIONS}
+  run_config = {k: v for k, v in new["config"].items() if k != "tasks"}
+  for task in new["results"]:
+    for k in REPORT_SECTIONS[:-1]:
+      merged[k][task] = new[k][task]
+    merged["task_config"][task] = run_config
+  merged["config"] = new["config"]
+  return merged
+
+
+@contextlib.contextmanager
+def _locked(directory: str):
+  """An exclusive flock on `directory`: concurrent lm-eval runs merge one after another."""
+  fd = os.open(directory, os.O_RDONLY)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    yield
+  finally:
+    os.close(fd)  # closing drops the lock
+
+
+def _write_report(path: str, report: dict):
+  """Merges `report` into the step's file (see merge_report), atomically: readers and a crash
+  see the old file or the new one, never half of one."""
+  directory = os.path.dirname(path)
+  os.makedirs(directory, exist_ok=True)
+  with _locked(directory):
+    merged = merge_report(_read_report(path), report)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
+                               dir=directory)
+    try:
+      with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(merged, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+      os.chmod(tmp, 0o666 & ~_umask())
+      os.replace(tmp, path)
+    except BaseException:
+      os.unlink(tmp)
+      raise
+
+
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
 
 
 def _main(argv):
@@ -66,26 +133,28 @@ def _main(argv):
   if args.data_dir is not None and not os.path.isdir(args.data_dir):
     raise UserError(f"--data_dir {args.data_dir} is not a directory")
   from lm.evaluation import get_task  # after the cheap checks: JAX takes seconds to load
+  from lm.evaluation.runner import check_options, evaluate, format_table
+  options = dict(num_fewshot=args.num_fewshot, limit=args.limit, batch_size=args.batch_size,
+                 seq_len=args.seq_len, stride=args.stride,
+                 fewshot_sampling=args.fewshot_sampling)
+  check_options(tasks, **options)
   for name in tasks:
     get_task(name)
-  if not args.no_compilation_cache:
-    _use_compilation_cache()
-  import lm
-  from lm.evaluation.runner import evaluate, format_table
   from lm.training import checkpoints
   step = args.step
   if step is None:
     step = checkpoints.latest_step(os.path.join(os.path.abspath(args.model_dir), "checkpoints"))
-  model = lm.load(args.model_dir, step, args.mesh_shape)
-  report = evaluate(model, tasks, num_fewshot=args.num_fewshot, limit=args.limit,
-                    batch_size=args.batch_size, seed=args.seed, data_dir=args.data_dir,
-                    seq_len=args.seq_len, stride=args.stride,
-                    fewshot_sampling=args.fewshot_sampling,
-                    config={"model_dir": os.path.abspath(args.model_dir), "step": step,
-                            "mesh_shape": args.mesh_shape})
-  print(format_table(report))
   path = os.path.join(args.model_dir, "eval", f"step_{step}.json")
-  _write_json(path, report)
+  _read_report(path)
+  if not args.no_compilation_cache:
+    _use_compilation_cache()
+  import lm
+  model = lm.load(args.model_dir, step, args.mesh_shape)
+  report = evaluate(model, tasks, seed=args.seed, data_dir=args.data_dir,
+                    config={"model_dir": os.path.abspath(args.model_dir), "step": step,
+                            "mesh_shape": args.mesh_shape}, **options)
+  print(format_table(report))
+  _write_report(path, report)
   print(f"wrote {path}")
 
 

@@ -20,7 +20,9 @@ def documents(name: str, split: str, limit: int | None = None):
   """(texts, token ids in the task's vocabulary) of the split's first `limit` documents.
 
   Corpus tasks (random windows over one text per split, e.g. tiny_shakespeare_char) give
-  that text as one document; document tasks give their source's records in order."""
+  that text as one document; document tasks give their source's records in order; tasks whose
+  source holds token ids (instruction tasks: each example's rendered chat) give those ids as
+  they are trained on, and their decoded text (without special tokens)."""
   try:
     task = seqio.get_mixture_or_task(name)
   except (KeyError, ValueError):
@@ -36,6 +38,11 @@ def documents(name: str, split: str, limit: int | None = None):
     dataset = task.source.get_dataset(split=split, shuffle=False)
     if limit is not None:
       dataset = dataset.take(limit)
-    texts = [ex[key].decode("utf-8") for ex in dataset.as_numpy_iterator()]
+    values = [ex[key] for ex in dataset.as_numpy_iterator()]
+    if values and not isinstance(values[0], bytes):  # already token ids
+      ids = [[int(i) for i in v] for v in values]
+      # _decode: seqio's decode stops at the first EOS, and a chat has one per assistant turn
+      return [vocabulary._decode(v) for v in ids], ids  # pylint: disable=protected-access
+    texts = [v.decode("utf-8") for v in values]
   texts = texts[:limit]
   return texts, [list(vocabulary.encode(t)) for t in texts]

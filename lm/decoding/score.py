@@ -10,7 +10,10 @@ Semantics (lm-evaluation-harness `loglikelihood` / `loglikelihood_rolling`):
   - an empty context is replaced by one prefix token (BOS, else EOS);
   - context + continuation is cut on the left to `max_len + 1` tokens (the last is only a
     target), so the continuation is always scored and the context loses its oldest tokens;
-  - is_greedy: every continuation token is the argmax of its position's logits.
+  - is_greedy: every continuation token is the argmax of its position's logits;
+  - an empty continuation (e.g. "hel" + "lo" tokenized jointly as one token "hello", which the
+    split gives to the context) scores log-likelihood 0.0, is_greedy True: the harness's
+    answer (its ONNX backend says so; its HF backend asserts instead).
 """
 from typing import Callable, Sequence
 
@@ -81,7 +84,7 @@ def score_requests(logprob_fn: LogprobFn, requests: Sequence[Request], max_len: 
   rows = []  # (index, input ids, target ids, continuation length)
   for i, (context, continuation) in enumerate(requests):
     if not continuation:
-      raise ValueError(f"request {i} has an empty continuation")
+      continue  # log p(nothing) = 0: logprobs[i], greedy[i] stay 0.0, True
     if not context:
       raise ValueError(f"request {i} has an empty context (give a prefix token)")
     if len(continuation) > max_len:

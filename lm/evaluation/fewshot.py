@@ -14,6 +14,8 @@ Two samplers, both seeded by --seed (default 1234, the harness's `fewshot_random
 import random
 from typing import Sequence
 
+from lm.errors import UserError
+
 SAMPLERS = ("harness", "per_document")
 
 
@@ -40,8 +42,9 @@ def harness_draws(pool: Sequence, docs: Sequence, n: int, seed: int,
 
 
 def _sample(rnd: random.Random, population: list[int], k: int) -> list[int]:
-  if k > len(population):
-    raise ValueError(f"{k} few-shot examples asked, the pool has {len(population)}")
+  if k > len(population):  # the pool holds copies of the document: fewer are left
+    raise UserError(f"--num_fewshot: {k} examples asked, the few-shot pool has "
+                    f"{len(population)} to draw from")
   return rnd.sample(population, k)  # indices: the harness samples the docs, same draws
 
 
@@ -53,7 +56,8 @@ def sample_indices(pool_size: int, n: int, seed: int, task: str, doc_index: int,
     return []
   candidates = pool_size - (1 if exclude_self and 0 <= doc_index < pool_size else 0)
   if n > candidates:
-    raise ValueError(f"{task}: {n} few-shot examples asked, the pool has {candidates}")
+    raise UserError(f"{task}: --num_fewshot {n} asks for more examples than the "
+                    f"{candidates} other documents of the few-shot pool")
   rnd = random.Random(f"{seed}/{task}/{doc_index}")
   drawn = rnd.sample(range(pool_size), min(n + 1, pool_size))
   return [i for i in drawn if not (exclude_self and i == doc_index)][:n]
@@ -62,7 +66,12 @@ def sample_indices(pool_size: int, n: int, seed: int, task: str, doc_index: int,
 def draws(sampler: str, pool: Sequence, docs: Sequence, n: int, seed: int, task: str,
           exclude: Sequence | None = None) -> list[list[int]]:
   """Pool indices per document with `sampler` ("harness" or "per_document"); `exclude` as
-  in harness_draws (per_document excludes the pool item at the document's own index)."""
+  in harness_draws (per_document excludes the pool item at the document's own index). More
+  examples than the pool holds besides the document are a UserError."""
+  available = len(pool) - (0 if exclude == [] else 1)
+  if docs and n > max(available, 0):
+    raise UserError(f"{task}: --num_fewshot {n} asks for more examples than the {available} "
+                    "other documents of the few-shot pool")
   if sampler == "harness":
     return harness_draws(pool, docs, n, seed, exclude)
   if sampler == "per_document":

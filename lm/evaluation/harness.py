@@ -11,11 +11,15 @@ Needs `lm_eval` (the `test` extra installs it); nothing else in lm imports this 
 loglikelihood requests sharing a context are scored as one multiple-choice item (the context
 runs once; lm.evaluation.scoring), with the semantics of `LoadedModel.score`, which are the
 harness's. loglikelihood_rolling is `LoadedModel.score_rolling` (disjoint windows);
-generate_until is greedy `LoadedModel.generate` with the request's `until` strings.
+generate_until is greedy `LoadedModel.generate` with the request's `until` strings, the
+context cut on the left to leave max_gen_toks positions (as the harness's HF model).
 """
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
+from lm_eval.models.utils import normalize_gen_kwargs
 
+from lm.api import _cut_at_stop
+from lm.errors import UserError
 from lm.evaluation.scoring import score_items
 
 
@@ -49,13 +53,28 @@ class HarnessLM(LM):
     return [float(x) for x in self.model.score_rolling([r.args[0] for r in requests])]
 
   def generate_until(self, requests, disable_tqdm: bool = False):
-    """Greedy continuations, cut at the first of the request's `until` strings."""
+    """Greedy continuations, cut at the first of the request's `until` strings.
+
+    As the harness's HF model: the context is encoded as `generate` encodes a text prompt
+    (the tokenizer's special tokens, none added when the text already starts with the BOS
+    token) and cut on the left to max_len - max_gen_toks tokens, so prompt and answer fit."""
     out = []
     for request in requests:
       context, gen_kwargs = request.args
-      until = gen_kwargs.get("until") or []
-      until = [until] if isinstance(until, str) else list(until)
-      max_new = int(gen_kwargs.get("max_gen_toks", self.max_gen_toks))
-      out.append(self.model.generate([context], max_new_tokens=max_new, temperature=0.0,
-                                     stop=until or None)[0])
+      kwargs = normalize_gen_kwargs(gen_kwargs, self.max_gen_toks)
+      until, max_new = [u for u in kwargs["until"] if u], kwargs["max_gen_toks"]
+      keep = self.model.config.max_len - max_new
+      if keep < 1:
+        raise UserError(f"max_gen_toks {max_new} leaves no room for a prompt in the model's "
+                        f"{self.model.config.max_len} positions")
+      ids = self._context_ids(context)[-keep:]
+      new = self.model.generate([ids], max_new_tokens=max_new, temperature=0.0,
+                                stop=until or None)[0]
+      out.append(_cut_at_stop(self.model.tokenizer.decode(new), until))
     return out
+
+  def _context_ids(self, context: str) -> list[int]:
+    bos = self.model.tokenizer.special_tokens().get("bos_token")
+    if bos and context.startswith(bos):  # the harness's has_bos_prefix: no second BOS
+      return self.model._encode(context, add_special_tokens=False)
+    return self.model._prompt_ids([context])[0][0]

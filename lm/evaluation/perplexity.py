@@ -4,7 +4,8 @@ Tasks:
   ppl:<file or glob>        .jsonl / .jsonl.gz: one document per record (its "text" field);
                             any other file: the whole file is one document (UTF-8)
   seqio:<task>[:<split>]    a registered SeqIO task's split (default "validation"), read as
-                            documents and tokenized with the task's own vocabulary (imports
+                            documents and tokenized with the task's own vocabulary (an
+                            instruction task: each example's tokens as trained on; imports
                             lm.data, hence TensorFlow, only here)
 
 Each document is preceded by the prefix token (BOS, else EOS) and scored in windows of
@@ -18,13 +19,13 @@ exp(-LL / tokens); the harness gives no stderr for these (None here too).
 """
 import glob
 import gzip
-import json
 import math
 import os
 import re
 
 import numpy as np
 
+from lm import jsonl
 from lm.decoding import score as harness_scoring
 from lm.errors import UserError
 from lm.evaluation.registry import TaskResult, register
@@ -34,8 +35,10 @@ def window_logprobs(model, docs_ids, seq_len: int | None = None, stride: int | N
                     batch_tokens: int = 4096) -> np.ndarray:
   """Total log-likelihood [N] of token documents in rolling windows of seq_len tokens."""
   cfg = model.config
-  seq_len = seq_len or cfg.max_len
-  stride = stride or seq_len
+  seq_len = cfg.max_len if seq_len is None else seq_len
+  stride = seq_len if stride is None else stride
+  if seq_len < 1:
+    raise UserError(f"--seq_len must be >= 1, got {seq_len}")
   if seq_len > cfg.max_len and cfg.positions == "learned":
     raise UserError(f"--seq_len {seq_len} exceeds the learned position table ({cfg.max_len})")
   if not 1 <= stride <= seq_len:
@@ -74,21 +77,27 @@ def perplexity_result(texts, docs_ids, lls) -> TaskResult:
 
 
 def read_documents(pattern: str) -> list[str]:
-  """Documents of text / JSONL files matching `pattern` (sorted paths)."""
+  """Documents of text / JSONL files matching `pattern` (sorted paths); a JSONL line that is
+  not an object with a string "text" field is a UserError naming the file and line."""
   paths = sorted(glob.glob(os.path.expanduser(pattern)))
   if not paths:
     raise UserError(f"no file matches {pattern!r}")
   docs = []
   for path in paths:
+    if path.endswith((".jsonl", ".jsonl.gz")):
+      for n, record in jsonl.read_jsonl(path):
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+          raise UserError(f'{path}:{n}: expected an object with a string "text" field')
+        docs.append(record["text"])
+      continue
     opener = gzip.open if path.endswith(".gz") else open
     try:
       with opener(path, "rt", encoding="utf-8") as f:
-        if path.endswith((".jsonl", ".jsonl.gz")):
-          docs += [json.loads(line)["text"] for line in f if line.strip()]
-        else:
-          docs.append(f.read())
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError) as e:
-      raise UserError(f"{path}: cannot read documents ({type(e).__name__}: {e})") from None
+        docs.append(f.read())
+    except UnicodeDecodeError as e:
+      raise UserError(f"{path}: invalid UTF-8 ({e})") from None
+    except (gzip.BadGzipFile, EOFError) as e:
+      raise UserError(f"{path}: not a complete gzip file ({e})") from None
   docs = [d for d in docs if d]
   if not docs:
     raise UserError(f"{pattern!r}: no non-empty document")

@@ -81,10 +81,12 @@ def advglue_docs(data_dir: str | None, sub: str) -> list[Doc]:
 
 
 def _advglue_task(sub: str):
-  def task(model, *, data_dir=None, num_fewshot=0, limit=None, seed=1234, batch_size=16, **_):
+  def task(model, *, data_dir=None, num_fewshot=0, limit=None, seed=1234, batch_size=16,
+           fewshot_sampling="harness", **_):
     return evaluate_docs(model, f"advglue_{sub}", advglue_docs(data_dir, sub),
                          num_fewshot=num_fewshot, limit=limit, seed=seed,
-                         batch_size=batch_size, metric_names=("acc",))
+                         batch_size=batch_size, metric_names=("acc",),
+                         fewshot_sampling=fewshot_sampling)
   task.__doc__ = f"AdvGLUE dev {sub}: accuracy with the harness's GLUE prompt."
   return task
 
@@ -184,7 +186,7 @@ def task_docs(task: str, data_dir: str | None) -> list[Doc]:
 
 @register("robust", parametric=True)
 def robust(model, *, arg, data_dir=None, num_fewshot=0, limit=None, seed=1234, batch_size=16,
-           **_) -> TaskResult:
+           fewshot_sampling="harness", **_) -> TaskResult:
   """robust:<task>[:<perturbation>+...]: clean and perturbed accuracy and PDR (module doc)."""
   task, _, specs = arg.partition(":")
   # '+' separates perturbations: lm-eval's --tasks is already comma-separated
@@ -192,7 +194,7 @@ def robust(model, *, arg, data_dir=None, num_fewshot=0, limit=None, seed=1234, b
                                                    else DEFAULT_PERTURBATIONS)]
   docs = task_docs(task, data_dir)
   common = dict(num_fewshot=num_fewshot, limit=limit, seed=seed, batch_size=batch_size,
-                metric_names=("acc",))
+                metric_names=("acc",), fewshot_sampling=fewshot_sampling)
   clean = evaluate_docs(model, task, docs, **common)
   metrics, stderr = {"acc": clean.metrics["acc"]}, {"acc": clean.stderr["acc"]}
   examples = [dict(clean.examples[0], perturbation="none")] if clean.examples else []

@@ -24,14 +24,8 @@ def evaluate(model, tasks: Sequence[str], *, num_fewshot: int = 0, limit: int | 
   must be given). limit: the first `limit` documents of each task. seed, fewshot_sampling:
   few-shot draws ("harness": lm-evaluation-harness's, or "per_document"; lm.evaluation.fewshot).
   """
-  if not tasks:
-    raise UserError("no tasks given")
-  if limit is not None and limit < 1:
-    raise UserError(f"--limit must be >= 1, got {limit}")
-  if num_fewshot < 0 or batch_size < 1:
-    raise UserError("--num_fewshot must be >= 0 and --batch_size >= 1")
-  if fewshot_sampling not in fewshot.SAMPLERS:
-    raise UserError(f"--fewshot_sampling must be one of {', '.join(fewshot.SAMPLERS)}")
+  check_options(tasks, num_fewshot=num_fewshot, limit=limit, batch_size=batch_size,
+                seq_len=seq_len, stride=stride, fewshot_sampling=fewshot_sampling)
   data_dir = data_dir or os.environ.get("LM_EVAL_DATA_DIR") or "."
   fns = {name: get_task(name) for name in tasks}  # unknown names fail before any scoring
   out = {"results": {}, "stderr": {}, "num_examples": {}, "seconds": {}, "examples": {},
@@ -49,6 +43,24 @@ def evaluate(model, tasks: Sequence[str], *, num_fewshot: int = 0, limit: int | 
     out["num_examples"][name] = result.num_examples
     out["examples"][name] = result.examples
   return out
+
+
+def check_options(tasks: Sequence[str], *, num_fewshot: int = 0, limit: int | None = None,
+                  batch_size: int = 16, seq_len: int | None = None, stride: int | None = None,
+                  fewshot_sampling: str = "harness"):
+  """UserError for an option `evaluate` cannot run with (cheap: lm-eval checks before loading
+  the model; the perplexity window's bounds against max_len are checked by the task)."""
+  if not tasks:
+    raise UserError("no tasks given")
+  if limit is not None and limit < 1:
+    raise UserError(f"--limit must be >= 1, got {limit}")
+  if num_fewshot < 0 or batch_size < 1:
+    raise UserError("--num_fewshot must be >= 0 and --batch_size >= 1")
+  for name, value in (("seq_len", seq_len), ("stride", stride)):
+    if value is not None and value < 1:
+      raise UserError(f"--{name} must be >= 1, got {value}")
+  if fewshot_sampling not in fewshot.SAMPLERS:
+    raise UserError(f"--fewshot_sampling must be one of {', '.join(fewshot.SAMPLERS)}")
 
 
 def format_table(report: dict) -> str:

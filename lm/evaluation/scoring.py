@@ -64,7 +64,8 @@ def score_items(model, items: Sequence[Sequence[Pair]], batch_size: int = 16):
   for i, pairs in enumerate(encoded):
     by_context: dict[tuple, list] = {}
     for j, (context, continuation) in enumerate(pairs):
-      by_context.setdefault(tuple(context), []).append((i, j, continuation))
+      if continuation:  # an empty one (merged into the context's tokens) stays at 0.0, True
+        by_context.setdefault(tuple(context), []).append((i, j, continuation))
     for context, members in by_context.items():
       if len(context) + max(len(m[2]) for m in members) - 1 <= model.config.max_len:
         groups.append((list(context), members))
