@@ -176,8 +176,10 @@ class LoadedModel:
     chat template with the assistant's turn opened (-> text). A row ends at
     the tokenizer's EOS (kept in token outputs), after max_new_tokens, or at the first of the
     `stop` strings (text outputs are cut before it; token outputs end with the token that
-    completed it). temperature 0 is greedy; top_k / top_p / min_p filter sampling. Sample j of
-    a prompt depends on (seed, j) only, not on the rest of the batch.
+    completed it). temperature 0 is greedy; top_k / top_p / min_p filter sampling (top_k None
+    or 0: no filter; top_p, min_p in [0, 1]; a bad value is a UserError). Sample j of the
+    prompt at position i depends on (seed, i, j) only, not on the rest of the batch (so
+    repeated prompts get different samples).
     """
     outs = None
     for outs in self.stream(prompts, max_new_tokens, temperature, top_k, top_p, min_p,

@@ -53,8 +53,9 @@ def _permute(w: np.ndarray, heads: int) -> np.ndarray:
 
 
 def write_gguf(path: str, kind: str, tied: bool, seed: int = 0, pre: str = "default",
-               add_bos: bool = False):
-  """A 2-layer GQA Llama with random weights (HF layout, [out, in]) and a byte-level tokenizer."""
+               add_bos: bool = False, eot: int | None = None, eom: int | None = None):
+  """A 2-layer GQA Llama with random weights (HF layout, [out, in]) and a byte-level tokenizer
+  (BOS 0, EOS 1; end-of-turn / end-of-message ids if given)."""
   rng = np.random.default_rng(seed)
   # GPT-2's 256 byte tokens and those the merges make (digit and contraction merges show
   # which pre-tokenizer split the text).
@@ -94,6 +95,10 @@ def write_gguf(path: str, kind: str, tied: bool, seed: int = 0, pre: str = "defa
   writer.add_token_merges(["Ġ t", "h e", "Ġt he", "1 2", "12 3", "' T"])
   writer.add_bos_token_id(0)
   writer.add_eos_token_id(1)
+  if eot is not None:
+    writer.add_eot_token_id(eot)
+  if eom is not None:
+    writer.add_eom_token_id(eom)
   writer.add_chat_template("{% for m in messages %}<|im_start|>{{ m['content'] }}{% endfor %}")
   for name, w in tensors.items():
     if w.ndim == 1:  # llama.cpp keeps norms in F32
@@ -200,6 +205,29 @@ def test_cli_import_writes_a_complete_model_dir(gguf_files, tmp_path):
   with pytest.raises(SystemExit) as exit_info:
     convert.main(["import-gguf", "--gguf", path, "--model_dir", str(tmp_path / "m")])
   assert exit_info.value.code == 2
+
+
+def test_end_of_turn_and_message_ids_end_generation(gguf_files, tmp_path):
+  """Issue 19 (suspected, confirmed): tokenizer.ggml.eot_token_id / eom_token_id were dropped
+  on import, so generation ran past the <|eot_id|> at which llama.cpp stops. They now join
+  eos_token_id (a list, as in Llama 3's generation_config.json) and generation stops there."""
+  gguf_import.import_gguf(gguf_files["F32", True], str(tmp_path / "plain"))
+  plain = lm.load(str(tmp_path / "plain"))
+  assert plain.eos_ids == (1,)
+  free = plain.generate([[5, 6, 7]], max_new_tokens=8)[0]
+  eot = free[2]  # a token greedy decoding reaches: the end of turn of the second file
+  assert 1 not in free and eot not in free[:2]
+  path = str(tmp_path / "eot.gguf")
+  write_gguf(path, "F32", True, eot=eot, eom=2)  # the same weights (same seed)
+  gguf_import.import_gguf(path, str(tmp_path / "m"))
+  with open(tmp_path / "m" / "generation_config.json") as f:
+    assert json.load(f) == {"bos_token_id": 0, "eos_token_id": [1, eot, 2]}
+  model = lm.load(str(tmp_path / "m"))
+  assert model.eos_ids == tuple(sorted({1, eot, 2}))
+  assert model.generate([[5, 6, 7]], max_new_tokens=8)[0] == free[:3]
+  # An end-of-turn id equal to EOS adds nothing.
+  assert gguf_import.special_ids({"tokenizer.ggml.eos_token_id": 1,
+                                  "tokenizer.ggml.eot_token_id": 1}) == {"eos_token_id": 1}
 
 
 def test_unsupported_files_are_refused(gguf_files, tmp_path):

@@ -87,6 +87,16 @@ def test_streaming_in_chunks_gives_the_one_shot_tokens(model):
   assert model.generate(PROMPTS, **SAMPLING) == one_shot
 
 
+def test_repeated_prompts_sample_differently_in_generate_and_stream(model):
+  """Issue 19 item 7 through lm.load: generate(["x"] * 3) gives 3 different samples, streamed
+  or not, and a prompt's samples at position 0 are those it gets alone."""
+  texts = ["abc"] * 3
+  out = model.generate(texts, **SAMPLING)
+  assert len({t for samples in out for t in samples}) == 9
+  assert list(model.stream(texts, chunk_steps=8, **SAMPLING))[-1] == out
+  assert model.generate(texts[:1], **SAMPLING)[0] == out[0]
+
+
 def test_stop_strings_cut_text_and_end_rows(model):
   texts = ["abc", "ghi", "j"]
   free = model.generate(texts, **SAMPLING)

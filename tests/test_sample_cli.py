@@ -120,6 +120,8 @@ def test_runs_of_gin_registered_tasks_sample(tmp_path, monkeypatch):
     ("no_tokenizer", [], "has no tokenizer"),
     (None, ["--prompt_file", "/nonexistent.jsonl"], "prompt file not found"),
     ("bad_jsonl", [], "not JSON"),
+    (None, ["--top_p", "1.5"], "top_p=1.5 must be in [0, 1]"),  # issue 19 item 6
+    (None, ["--top_k", "-3", "--min_p", "-1"], "top_k=-3 must be an integer >= 0"),
 ])
 def test_user_errors(trained_run, tmp_path, capsys, setup, args, message):
   model_dir = trained_run

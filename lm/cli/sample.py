@@ -31,9 +31,9 @@ def _parser():
   parser.add_argument("--max_new_tokens", "--num_tokens", type=int,
                       help="default: 300, or what a learned-position model's max_len leaves")
   parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-  parser.add_argument("--top_k", type=int)
-  parser.add_argument("--top_p", type=float)
-  parser.add_argument("--min_p", type=float)
+  parser.add_argument("--top_k", type=int, help="0 or unset: no top-k filter")
+  parser.add_argument("--top_p", type=float, help="in [0, 1]; 1 or unset: no top-p filter")
+  parser.add_argument("--min_p", type=float, help="in [0, 1]; 0 or unset: no min-p filter")
   parser.add_argument("--num_samples", type=int, default=1)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--num_beams", type=int, default=1, help="> 1: beam search (n-best)")

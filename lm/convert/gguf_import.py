@@ -121,11 +121,21 @@ def read_gguf(path: str, **overrides) -> tuple[ModelConfig, dict, dict]:
 
 
 def special_ids(meta: dict) -> dict:
-  """HF's bos/eos/pad token ids from the tokenizer metadata."""
+  """HF's bos/eos/pad token ids from the tokenizer metadata.
+
+  llama.cpp also ends generation at the end-of-turn and end-of-message tokens
+  (tokenizer.ggml.eot_token_id / eom_token_id, e.g. Llama 3's <|eot_id|>, <|eom_id|>); they
+  join eos_token_id as a list, as in Llama 3's HF generation_config.json (EOS first).
+  """
   keys = {"bos_token_id": "bos_token_id", "eos_token_id": "eos_token_id",
           "pad_token_id": "padding_token_id"}
-  return {k: meta[f"tokenizer.ggml.{v}"] for k, v in keys.items()
-          if f"tokenizer.ggml.{v}" in meta}
+  ids = {k: meta[f"tokenizer.ggml.{v}"] for k, v in keys.items()
+         if f"tokenizer.ggml.{v}" in meta}
+  ends = list(dict.fromkeys(meta[f"tokenizer.ggml.{k}_token_id"] for k in ("eos", "eot", "eom")
+                            if f"tokenizer.ggml.{k}_token_id" in meta))  # distinct, in order
+  if ends:
+    ids["eos_token_id"] = ends if len(ends) > 1 else ends[0]
+  return ids
 
 
 def import_gguf(gguf_path: str, model_dir: str, overwrite: bool = False,

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lm.decoding.cache import cache_length, init_cache, take_rows
-from lm.decoding.sampling import row_keys, sample
+from lm.decoding.sampling import row_keys, sample, sampling_filters
 from lm.errors import UserError
 from lm.models.attention import KVCache
 from lm.sharding import data_parallel_size, use_mesh
@@ -71,19 +71,21 @@ def decode_step(module, params, tokens_B, cache: KVCache):
 
 
 @functools.partial(jax.jit, static_argnames=("module", "num_steps", "eos_ids", "greedy"))
-def decode(module, params, logits_BV, cache: KVCache, sample_index_B, done_B, max_new_tokens,
-           seed, temperature, top_k=None, top_p=None, min_p=None, *, num_steps: int,
-           eos_ids: tuple[int, ...] = (), greedy: bool = False):
+def decode(module, params, logits_BV, cache: KVCache, position_B, sample_index_B, done_B,
+           max_new_tokens, seed, temperature, top_k=None, top_p=None, min_p=None, *,
+           num_steps: int, eos_ids: tuple[int, ...] = (), greedy: bool = False):
   """Samples up to max_new_tokens (<= num_steps, traced) tokens per row from the prefill's
   logits_BV and cache; rows with done_B set from the start produce nothing.
 
   Returns int32 [B, num_steps]: the new tokens, the EOS that ended a row included, -1 after a
-  row's end. The loop stops when every row is done. Keys per (seed, sample index, step).
+  row's end. The loop stops when every row is done. Keys per (seed, the row's prompt position
+  position_B, its sample index, step); filters as `sampling_filters` returns them.
   """
   eos = jnp.asarray(eos_ids, jnp.int32)
+  key = jax.random.PRNGKey(seed)
 
   def choose(logits_BV, step, done_B):
-    keys_B = row_keys(seed, sample_index_B, step)
+    keys_B = row_keys(key, position_B, sample_index_B, step)
     tok_B = sample(logits_BV, keys_B, temperature, top_k, top_p, min_p, greedy=greedy)
     tok_B = jnp.where(done_B, -1, tok_B)
     return tok_B, done_B | jnp.isin(tok_B, eos) | (step + 1 >= max_new_tokens)
@@ -116,14 +118,17 @@ def generate_ids(module, params, prompts: Sequence[Sequence[int]], *, max_new_to
   at the first token in eos_ids (which is included).
 
   temperature 0 is greedy; otherwise tokens are drawn from softmax(logits / temperature)
-  after the top_k / top_p / min_p filters (see lm.decoding.sampling). Sample j of a prompt
-  uses the keys of (seed, j, step), so it does not depend on the other prompts of the batch.
+  after the top_k / top_p / min_p filters (see lm.decoding.sampling.sampling_filters: None or
+  0 top_k is no filter; out-of-range values are a UserError). Sample j of the prompt at
+  position i uses the keys of (seed, i, j, step): it does not depend on the other prompts of
+  the batch, and repeated prompts get different samples.
   mesh: run under this mesh (params may be sharded on it); the batch is split over its
   data-parallel axes.
   """
   cfg = module.cfg
   prompts = [list(map(int, p)) for p in prompts]
-  _check_request(cfg, prompts, max_new_tokens, temperature, num_samples)
+  _check_request(cfg, prompts, max_new_tokens, num_samples)
+  filters = sampling_filters(temperature, top_k, top_p, min_p)
   if not prompts or max_new_tokens == 0:
     empty = [[] for _ in range(num_samples)] if num_samples > 1 else []
     return [list(empty) for _ in prompts]
@@ -140,11 +145,6 @@ def generate_ids(module, params, prompts: Sequence[Sequence[int]], *, max_new_to
   sample_index = np.zeros(batch, np.int32)
   sample_index[:rows] = np.arange(rows) % num_samples
   done = np.arange(batch) >= rows
-  filters = dict(top_k=None if top_k is None else np.int32(top_k),
-                 top_p=None if top_p is None else np.float32(top_p),
-                 min_p=None if min_p is None else np.float32(min_p))
-  if temperature == 0:
-    filters = dict(top_k=None, top_p=None, min_p=None)
 
   with _maybe_mesh(mesh):
     logits_BV, cache = prefill(module, params, tokens_BP, lengths_B,
@@ -152,8 +152,8 @@ def generate_ids(module, params, prompts: Sequence[Sequence[int]], *, max_new_to
     if batch != tokens_BP.shape[0] or num_samples > 1:
       logits_BV = jnp.take(logits_BV, prompt_of_row, axis=0)
       cache = take_rows(cache, prompt_of_row)
-    out_BT = decode(module, params, logits_BV, cache, sample_index, done,
-                    np.int32(max_new_tokens), np.uint32(seed), np.float32(max(temperature, 0)),
+    out_BT = decode(module, params, logits_BV, cache, prompt_of_row, sample_index, done,
+                    np.int32(max_new_tokens), np.uint32(seed), np.float32(temperature),
                     **filters, num_steps=num_steps, eos_ids=tuple(int(e) for e in eos_ids),
                     greedy=temperature == 0)
   out_BT = np.asarray(out_BT)
@@ -163,10 +163,10 @@ def generate_ids(module, params, prompts: Sequence[Sequence[int]], *, max_new_to
   return [per_row[i * num_samples:(i + 1) * num_samples] for i in range(len(prompts))]
 
 
-def _check_request(cfg, prompts, max_new_tokens, temperature, num_samples):
-  if max_new_tokens < 0 or num_samples < 1 or temperature < 0:
-    raise UserError(f"max_new_tokens={max_new_tokens} must be >= 0, num_samples={num_samples} "
-                    f">= 1 and temperature={temperature} >= 0")
+def _check_request(cfg, prompts, max_new_tokens, num_samples):
+  if max_new_tokens < 0 or num_samples < 1:
+    raise UserError(f"max_new_tokens={max_new_tokens} must be >= 0 and num_samples="
+                    f"{num_samples} >= 1")
   for i, p in enumerate(prompts):
     if not p:
       raise UserError(f"prompt {i} is empty: a prompt needs at least one token (e.g. BOS)")

@@ -4,26 +4,68 @@ Filters apply in vLLM's / HF's order to the temperature-scaled distribution: top
 k most likely tokens (all of them on a tie at the k-th), top-p then keeps the smallest set of
 most likely tokens whose probability (renormalised after top-k) reaches p (always at least
 one), min-p then drops tokens below min_p times the most likely token's probability.
+`sampling_filters` checks the settings and switches filters off as HF / OpenAI do.
 
-Random keys are derived per row from (seed, sample index, step) only, never from a row's place
-in the batch, so a prompt decodes to the same tokens whatever else is in the batch.
+Random keys are derived per row from (seed, the prompt's position in the request, sample
+index, step), never from the row's place in the padded batch or from the other prompts: a
+prompt at position i decodes to the same tokens whatever else is in the batch, and repeated
+prompts (other positions) get their own draws.
 """
+import math
+import operator
+
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from lm.errors import UserError
 
 
-def row_keys(seed, sample_index_B, step):
-  """One PRNG key per row: fold_in(fold_in(PRNGKey(seed), sample_index), step)."""
-  base = jax.random.PRNGKey(seed)
-  fold = lambda s: jax.random.fold_in(jax.random.fold_in(base, s), step)
-  return jax.vmap(fold)(sample_index_B)
+def row_keys(key, position_B, sample_index_B, step):
+  """One PRNG key per row: fold_in(fold_in(fold_in(key, position), sample_index), step).
+
+  key: e.g. jax.random.PRNGKey(seed); position_B: each row's prompt position in the request.
+  """
+  fold = lambda i, s: jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, i), s),
+                                         step)
+  return jax.vmap(fold)(position_B, sample_index_B)
+
+
+def sampling_filters(temperature, top_k=None, top_p=None, min_p=None) -> dict:
+  """Checks the sampling settings; returns {"top_k", "top_p", "min_p"} as `sample` takes them
+  (numpy scalars, None where a filter is off; all None when temperature is 0: greedy).
+
+  As in HF / OpenAI: top_k None or 0 is no filter (k > vocabulary keeps every token); top_p in
+  [0, 1] (1: no filter, 0: the most likely token); min_p in [0, 1]. Raises UserError otherwise.
+  """
+  errors = []
+  if not 0 <= temperature < math.inf:  # NaN fails too
+    errors.append(f"temperature={temperature!r} must be a finite number >= 0")
+  if top_k is not None:
+    try:
+      k = operator.index(top_k)  # an int (numpy ints too), not 2.5
+    except TypeError:
+      k = -1
+    if k < 0:
+      errors.append(f"top_k={top_k!r} must be an integer >= 0 (0 or None: no top-k filter)")
+  for name, value in (("top_p", top_p), ("min_p", min_p)):
+    if value is not None and not 0 <= value <= 1:
+      errors.append(f"{name}={value!r} must be in [0, 1] (None: no {name} filter)")
+  if errors:
+    raise UserError("; ".join(errors))
+  if temperature == 0:
+    return dict(top_k=None, top_p=None, min_p=None)
+  return dict(top_k=np.int32(min(k, 2**31 - 1)) if top_k else None,
+              top_p=None if top_p is None else np.float32(top_p),
+              min_p=None if min_p is None else np.float32(min_p))
 
 
 def filter_logits(logits_BV, temperature, top_k=None, top_p=None, min_p=None):
   """Temperature-scaled logits with the filtered-out tokens at -inf.
 
-  temperature > 0 (traced is fine). top_k, top_p, min_p: None to switch a filter off (the
-  switch is static; the values may be traced).
+  temperature > 0 (traced is fine). top_k >= 1, top_p and min_p in [0, 1], as
+  `sampling_filters` returns them: None to switch a filter off (the switch is static; the
+  values may be traced).
   """
   logits_BV = logits_BV.astype(jnp.float32) / temperature
   neg_inf = jnp.float32(-jnp.inf)

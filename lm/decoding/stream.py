@@ -1,9 +1,9 @@
 """Decoding in chunks of steps, resumable from the host: streaming output and stop strings.
 
 `lm.decoding.decode` runs a whole generation in one jitted loop. Here the same steps (the same
-decode_step, sampling and per-(seed, sample, step) keys, so the same tokens) run `num_steps`
-at a time and hand their state back, so the host can print what arrived, look for stop
-strings and mark rows done before the next chunk.
+decode_step, sampling and per-(seed, prompt position, sample, step) keys, so the same tokens)
+run `num_steps` at a time and hand their state back, so the host can print what arrived, look
+for stop strings and mark rows done before the next chunk.
 """
 import functools
 from typing import NamedTuple, Sequence
@@ -14,7 +14,7 @@ import numpy as np
 
 from lm.decoding.cache import cache_length, take_rows
 from lm.decoding.generate import _check_request, bucket, decode_step, pad_prompts, prefill
-from lm.decoding.sampling import row_keys, sample
+from lm.decoding.sampling import row_keys, sample, sampling_filters
 from lm.models.attention import KVCache
 
 
@@ -27,7 +27,9 @@ class ChunkState(NamedTuple):
 
 
 class Sampling(NamedTuple):
-  """Per-row sample index and the sampling settings (filters None when off)."""
+  """Per-row prompt position and sample index, and the sampling settings (filters None when
+  off)."""
+  position_B: jax.Array
   sample_index_B: jax.Array
   max_new_tokens: jax.Array
   seed: jax.Array
@@ -38,7 +40,7 @@ class Sampling(NamedTuple):
 
 
 def _choose(logits_BV, step, done_B, s: Sampling, eos, greedy):
-  keys_B = row_keys(s.seed, s.sample_index_B, step)
+  keys_B = row_keys(jax.random.PRNGKey(s.seed), s.position_B, s.sample_index_B, step)
   tok_B = sample(logits_BV, keys_B, s.temperature, s.top_k, s.top_p, s.min_p, greedy=greedy)
   tok_B = jnp.where(done_B, -1, tok_B)
   return tok_B, done_B | jnp.isin(tok_B, eos) | (step + 1 >= s.max_new_tokens)
@@ -92,7 +94,8 @@ def stream_ids(module, params, prompts: Sequence[Sequence[int]], *, max_new_toke
   """
   cfg = module.cfg
   prompts = [list(map(int, p)) for p in prompts]
-  _check_request(cfg, prompts, max_new_tokens, temperature, num_samples)
+  _check_request(cfg, prompts, max_new_tokens, num_samples)
+  filters = sampling_filters(temperature, top_k, top_p, min_p)
   rows = len(prompts) * num_samples
   if not rows or max_new_tokens == 0:
     yield [[] for _ in range(rows)]
@@ -103,10 +106,8 @@ def stream_ids(module, params, prompts: Sequence[Sequence[int]], *, max_new_toke
   batch = round_batch(rows)
   prompt_of_row = np.minimum(np.arange(batch) // num_samples, len(prompts) - 1)
   greedy = temperature == 0
-  opt = lambda x, dtype: None if x is None or greedy else dtype(x)
-  s = Sampling(np.arange(batch, dtype=np.int32) % num_samples, np.int32(max_new_tokens),
-               np.uint32(seed), np.float32(max(temperature, 0)), opt(top_k, np.int32),
-               opt(top_p, np.float32), opt(min_p, np.float32))
+  s = Sampling(prompt_of_row.astype(np.int32), np.arange(batch, dtype=np.int32) % num_samples,
+               np.int32(max_new_tokens), np.uint32(seed), np.float32(temperature), **filters)
   eos_ids = tuple(int(e) for e in eos_ids)
   logits_BV, cache = prefill(module, params, tokens_BP, lengths_B,
                              cache_len=cache_length(cfg, length + bucket(max_new_tokens, 1)))
