@@ -76,17 +76,31 @@ class LoadedModel:
     pad = -len(x_B) % self.data_parallel_size
     return np.concatenate([x_B, np.repeat(x_B[-1:], pad, axis=0)]) if pad else x_B
 
-  def _encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+  def _encode(self, text: str) -> list[int]:
+    """The ids of a text, nothing added around it."""
     if self.tokenizer is None:
       raise UserError("this model directory has no tokenizer: pass token ids, not text")
-    return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens))
+    return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+  def _text_prompt(self, text: str) -> list[int]:
+    """A text as the model is given it, prompt or scoring context: the tokenizer's start ids,
+    then the text's ids, as the run trained (lm.tokenizers' start rule)."""
+    ids = self._encode(text)
+    return list(self.tokenizer.start_ids) + ids
+
+  def _encode_pair(self, context: str, continuation: str) -> scoring.Request:
+    """(context ids, continuation ids) of a text pair: split as lm-evaluation-harness splits
+    it, the context as _text_prompt gives it (an empty one is the prefix token)."""
+    context_ids, continuation_ids = scoring.encode_pair(self._encode, context, continuation,
+                                                        self._prefix())
+    start = list(self.tokenizer.start_ids)
+    return (start + context_ids if context else start or context_ids), continuation_ids
 
   @property
   def prefix_id(self) -> int | None:
-    """The token an empty scoring context becomes: BOS, else EOS (lm-evaluation-harness)."""
-    if self.tokenizer is None:
-      return None
-    return self.tokenizer.bos_id if self.tokenizer.bos_id is not None else self.tokenizer.eos_id
+    """The token an empty scoring context becomes (lm.tokenizers' prefix_id: the start id,
+    else BOS, else EOS)."""
+    return None if self.tokenizer is None else self.tokenizer.prefix_id
 
   # -- forward and scoring ----------------------------------------------------------------
   def _check_ids(self, ids, what: str):
@@ -123,11 +137,13 @@ class LoadedModel:
   def score(self, contexts: Sequence, continuations: Sequence, batch_tokens: int = 4096):
     """(log p(continuation | context) [N], is_greedy [N]) as numpy arrays.
 
-    Strings are tokenized jointly and split at the context's token count; an empty context
-    becomes the BOS token (EOS when there is no BOS); context + continuation is cut on the
-    left to max_len + 1 tokens (lm-evaluation-harness' `loglikelihood`); a continuation left
-    with no tokens of its own (it merged into the context's last token) scores 0.0, greedy.
-    Token lists are used as given (an empty token context also becomes the prefix token).
+    Strings are tokenized jointly and split at the context's token count, and the context
+    follows the tokenizer's start ids, as a text prompt in generate() and in training does; an
+    empty context becomes the prefix token (the start id, else BOS, else EOS); context +
+    continuation is cut on the left to max_len + 1 tokens (lm-evaluation-harness'
+    `loglikelihood`); a continuation left with no tokens of its own (it merged into the
+    context's last token) scores 0.0, greedy. Token lists are used as given (an empty token
+    context also becomes the prefix token).
     """
     if len(contexts) != len(continuations):
       raise ValueError(f"{len(contexts)} contexts but {len(continuations)} continuations")
@@ -136,7 +152,7 @@ class LoadedModel:
       if isinstance(context, str) != isinstance(continuation, str):
         raise ValueError("a context and its continuation must both be text or both tokens")
       if isinstance(context, str):
-        request = scoring.encode_pair(self._encode, context, continuation, self._prefix())
+        request = self._encode_pair(context, continuation)
       else:
         request = (list(context) or [self._prefix()], list(continuation))
       self._check_ids(request[0] + request[1], f"request {len(requests)}")
@@ -171,7 +187,8 @@ class LoadedModel:
 
     prompts: list[str] (-> list[str], decoded without special tokens) or list[list[int]]
     (-> list[list[int]]); num_samples > 1 gives a list of samples per prompt. Text prompts
-    are encoded as the tokenizer does by default (an HF tokenizer may add BOS); a prompt may
+    follow the tokenizer's start ids (an HF tokenizer's own BOS, a document-trained run's
+    start.json id), as in training and scoring; a prompt may
     also be a chat, [{"role": "user", "content": "..."}, ...], rendered with the tokenizer's
     chat template with the assistant's turn opened (-> text). A row ends at
     the tokenizer's EOS (kept in token outputs), after max_new_tokens, or at the first of the
@@ -219,20 +236,19 @@ class LoadedModel:
           return
 
   def _prompt_ids(self, prompts) -> tuple[list[list[int]], bool]:
-    """(token ids per prompt, whether outputs are text). A prompt is a str (encoded as the
-    tokenizer does by default, e.g. with an HF BOS), a chat [{"role", "content"}, ...]
-    (rendered by the tokenizer's chat template, which writes any BOS itself) or token ids."""
+    """(token ids per prompt, whether outputs are text). A prompt is a str (_text_prompt:
+    the start ids, then its ids), a chat [{"role", "content"}, ...] (rendered by the
+    tokenizer's chat template, which writes any BOS itself) or token ids."""
     kinds = {_prompt_kind(p) for p in prompts}
     if len(kinds) > 1:
       raise ValueError("prompts must be all strings / chats, or all token lists")
     if kinds != {"chat"}:
       text = kinds == {"text"}
-      return ([self._encode(p, add_special_tokens=True) for p in prompts] if text
+      return ([self._text_prompt(p) for p in prompts] if text
               else [list(p) for p in prompts]), text
     if self.tokenizer is None:
       raise UserError("chat prompts need the model's tokenizer")
-    return [self._encode(self.tokenizer.apply_chat_template(p), add_special_tokens=False)
-            for p in prompts], True
+    return [self._encode(self.tokenizer.apply_chat_template(p)) for p in prompts], True
 
   def _apply_stops(self, rows, stop):
     """(rows cut after the token completing a stop string, which rows hit one)."""

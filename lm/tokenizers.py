@@ -11,15 +11,23 @@ A model directory keeps its tokenizer in MODEL_DIR/tokenizer/, as exactly one of
                       chat_template.jinja, as transformers writes them
 
 and, beside chars.json or spm.model, optionally start.json {"bos_id": 0}: the run was trained on
-documents through seqio's decoder feature converter, whose inputs start every sequence with id 0,
-so that id is the model's BOS (encode(add_special_tokens=True) and an empty scoring context
-start with it, as in training).
+documents or instructions, whose sequences all start with id 0 (DOCUMENT_START_ID, seqio's decoder
+BOS), so that id is the model's BOS.
+
+The start rule: `Tokenizer.start_ids` (what encode(add_special_tokens=True) puts before a text:
+start.json's id, or the BOS an HF tokenizer's own post-processor adds, else nothing) begins every
+text the model is given: a training sequence (lm.data.instruct, lm.finetuning.preference_data),
+a text prompt, a scoring context (lm.api). A chat rendered by a chat template is whole: its
+rendering writes any BOS itself. The first token of a sequence is an input only, never a
+target; where there is nothing before a scored token (an empty context), the sequence starts
+with `prefix_id` (BOS, else EOS: lm-evaluation-harness' rule).
 
 `load_tokenizer(model_dir)` returns the matching `Tokenizer`, or None when the directory has
 none (the model then takes token ids only).
 """
 import abc
 import datetime
+import functools
 import json
 import os
 
@@ -31,6 +39,7 @@ from lm.errors import UserError
 TOKENIZER_DIR = "tokenizer"
 CHARS_FILE, SPM_FILE, HF_FILE = "chars.json", "spm.model", "tokenizer.json"
 START_FILE = "start.json"
+DOCUMENT_START_ID = 0  # seqio's decoder inputs start every document with it; saved in start.json
 HF_CONFIG_FILE, HF_TEMPLATE_FILE = "tokenizer_config.json", "chat_template.jinja"
 # Every file of an HF tokenizer that import-hf copies and export-hf writes back.
 HF_TOKENIZER_FILES = (HF_FILE, HF_CONFIG_FILE, "special_tokens_map.json", HF_TEMPLATE_FILE)
@@ -46,6 +55,26 @@ class Tokenizer(abc.ABC):
     """Token ids of `text`. add_special_tokens: what the tokenizer adds around a text (an HF
     BOS; for char and SentencePiece tokenizers the start.json BOS, else nothing), as in
     training."""
+
+  def encode_continuation(self, text: str) -> list[int]:
+    """Token ids of `text` where it follows other text: nothing added before it (no BOS, no
+    SentencePiece dummy-prefix space), so that a text encoded piece after piece, its first
+    piece with encode(add_special_tokens=False), decodes to itself."""
+    return self.encode(text, add_special_tokens=False)
+
+  @property
+  def start_ids(self) -> list[int]:
+    """What encode(add_special_tokens=True) puts before a text (the start rule, above)."""
+    return self.encode("", add_special_tokens=True)
+
+  @property
+  def prefix_id(self) -> int | None:
+    """The token an empty context becomes: the start id where there is one (so a sequence
+    begins alike with or without a context), else BOS, else EOS (lm-evaluation-harness)."""
+    start = self.start_ids
+    if start:
+      return start[-1]
+    return self.bos_id if self.bos_id is not None else self.eos_id
 
   @abc.abstractmethod
   def decode(self, ids, skip_special_tokens: bool = True) -> str:
@@ -128,16 +157,34 @@ class CharTokenizer(Tokenizer):
 
 
 class SentencePieceTokenizer(Tokenizer):
-  """A SentencePiece .model: the ids of seqio.SentencePieceVocabulary (without extra ids)."""
+  """A SentencePiece .model (a path, or its bytes as model_proto): the ids of
+  seqio.SentencePieceVocabulary (without extra ids)."""
 
-  def __init__(self, path: str, bos_id: int | None = None):
+  def __init__(self, path: str | None = None, bos_id: int | None = None,
+               model_proto: bytes | None = None):
     import sentencepiece  # pylint: disable=import-outside-toplevel
-    self._sp = sentencepiece.SentencePieceProcessor(model_file=path)
+    if model_proto is None:
+      with open(path, "rb") as f:
+        model_proto = f.read()
+    self._sp = sentencepiece.SentencePieceProcessor(model_proto=model_proto)
+    self._proto = model_proto
     self._start = bos_id  # start.json's: prepended by encode (the model's own BOS is not)
+    self._continuation = None
 
   def encode(self, text, add_special_tokens=True):
     start = [self._start] if add_special_tokens and self._start is not None else []
     return start + self._sp.EncodeAsIds(text)
+
+  def encode_continuation(self, text):
+    if self._continuation is None:  # the same model without its dummy-prefix space
+      import sentencepiece  # pylint: disable=import-outside-toplevel
+      from sentencepiece import sentencepiece_model_pb2  # pylint: disable=import-outside-toplevel
+      proto = sentencepiece_model_pb2.ModelProto()
+      proto.ParseFromString(self._proto)
+      proto.normalizer_spec.add_dummy_prefix = False
+      self._continuation = sentencepiece.SentencePieceProcessor(
+          model_proto=proto.SerializeToString())
+    return self._continuation.EncodeAsIds(text)
 
   def decode(self, ids, skip_special_tokens=True):
     unk, n = self._sp.unk_id(), self.vocab_size
@@ -182,9 +229,25 @@ class HFTokenizer(Tokenizer):
       with open(path, encoding="utf-8") as f:
         template = f.read()
     self.chat_template = template
+    self._continuation = None
 
   def encode(self, text, add_special_tokens=True):
     return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+
+  def encode_continuation(self, text):
+    if self._continuation is None:  # the same tokenizer without what adds a leading space
+      import tokenizers  # pylint: disable=import-outside-toplevel
+      spec = json.loads(self._tok.to_str())
+      for part in ("normalizer", "pre_tokenizer"):
+        spec[part] = _no_prefix_space(spec.get(part))
+      self._continuation = tokenizers.Tokenizer.from_str(json.dumps(spec))
+    return self._continuation.encode(text, add_special_tokens=False).ids
+
+  @functools.cached_property
+  def start_ids(self):
+    encoding = self._tok.encode("x", add_special_tokens=True)  # the ids before its sequence
+    return encoding.ids[:next((i for i, s in enumerate(encoding.sequence_ids) if s is not None),
+                              len(encoding.ids))]
 
   def decode(self, ids, skip_special_tokens=True):
     return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
@@ -207,6 +270,24 @@ class HFTokenizer(Tokenizer):
 
   def special_tokens(self):
     return dict(self._special)
+
+
+def _no_prefix_space(spec):
+  """A tokenizer.json normalizer or pre-tokenizer that adds no space before a text: without
+  Prepend normalizers, Metaspace prepend_scheme "never", ByteLevel add_prefix_space off."""
+  if not isinstance(spec, dict):
+    return spec
+  if spec.get("type") == "Prepend":
+    return None
+  spec = dict(spec)
+  for key in ("normalizers", "pretokenizers"):  # a Sequence
+    if key in spec:
+      spec[key] = [p for p in map(_no_prefix_space, spec[key]) if p is not None]
+  if "add_prefix_space" in spec:
+    spec["add_prefix_space"] = False
+  if "prepend_scheme" in spec:
+    spec["prepend_scheme"] = "never"
+  return spec
 
 
 def _token_text(token) -> str:

@@ -115,6 +115,34 @@ def test_chat_answers_paris(smollm2):
   assert "Paris" in answer
 
 
+def test_instruction_tuning_trains_on_what_generation_feeds(smollm2, tmp_path):
+  """SFT in SmolLM2's vocabulary with its own template: each example's first input is the
+  chat's first token as generate() feeds it (<|im_start|>), not an invented id 0
+  (<|endoftext|>), and the log-likelihood trained on is score's after generate's prompt."""
+  import json
+  from lm.data.inputs import InputConfig
+  from lm.data.instruct import register_instruct_task
+  from lm.data.pipeline import SeqioBatches
+  from lm.data.vocabularies import model_vocabulary
+  path = tmp_path / "sft.jsonl"
+  path.write_text(json.dumps({"messages": CHAT + [
+      {"role": "assistant", "content": "The capital of France is Paris."}]}) + "\n")
+  name = register_instruct_task("smollm2_sft", {"train": str(path)},
+                                model_vocabulary(smollm2.model_dir), "model")
+  batch = next(SeqioBatches(InputConfig(task=name, batch_size=1, seq_len=WIDTH), "train",
+                            shuffle=False, seed=0, num_epochs=1))
+  inputs, targets, weights = (batch[k][0] for k in ("inputs", "targets", "weights"))
+  (prompt,), _ = smollm2.model._prompt_ids([CHAT])
+  assert prompt[0] == 1 and inputs[:len(prompt)].tolist() == prompt
+  trained = weights.astype(bool)
+  assert not trained[:len(prompt) - 1].any() and trained[len(prompt) - 1]
+  import jax
+  logp = np.asarray(jax.nn.log_softmax(smollm2.model.logits(inputs[None])[0]), np.float64)
+  sft = float(logp[np.arange(WIDTH), targets][trained].sum())
+  scored = smollm2.model.score([prompt], [targets[trained].tolist()])[0][0]
+  assert scored == pytest.approx(sft, rel=1e-4)
+
+
 def test_config_matches_the_zoo_gin(smollm2):
   """lm-info's smollm_135m.gin and the imported config: same model, 134,515,008 parameters."""
   parse_gin([os.path.join(REPO, "gin_configs", "models", "smollm_135m.gin")], [])

@@ -87,7 +87,7 @@ def test_score_rolling_covers_long_texts_once(models):
   hf, model, _ = models["gpt2"]
   ids = np.random.default_rng(2).integers(0, VOCAB, 150).tolist()
   prefix = 7
-  model.tokenizer = type("T", (), {"bos_id": prefix, "eos_id": None})()
+  model.tokenizer = type("T", (), {"prefix_id": prefix})()
   try:
     disjoint, strided = (model.score_rolling([ids], context_len=c)[0] for c in (1, 33))
   finally:

@@ -1,5 +1,6 @@
 """Instruction tasks: chat templates, loss weights exactly on the assistant's tokens and EOS,
-packing that keeps examples whole and apart, overlong examples dropped or truncated."""
+packing that keeps examples whole and apart, overlong examples dropped or truncated. (What a
+run trains on against what it is prompted with: tests/test_start_rule.py.)"""
 import json
 
 import gin
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 import seqio
 
+from lm import tokenizers
 from lm.data import chat_templates
 from lm.data.inputs import InputConfig
 from lm.data.instruct import overlong_counts, register_instruct_task, tokenize_conversation
@@ -25,6 +27,7 @@ LLAMA3_JINJA = (
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"},
         {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Name?"},
         {"role": "assistant", "content": " Bob "}]
+START = [tokenizers.DOCUMENT_START_ID]  # what a char-vocabulary run's sequences start with
 
 
 def char_vocab():
@@ -41,21 +44,23 @@ def test_plain_prompt_response_weights_are_the_response_and_eos():
   ids, weights = tokenize_conversation(
       chat_templates.record_messages({"prompt": "Hi", "response": "Yo."}), vocab)
   prompt = "User: Hi\nAssistant: "  # one id per character
-  assert ids == list(vocab.encode(prompt)) + list(vocab.encode("Yo.")) + [vocab.eos_id]
-  assert weights == [0] * len(prompt) + [1, 1, 1, 1]
+  assert ids == START + list(vocab.encode(prompt)) + list(vocab.encode("Yo.")) + [vocab.eos_id]
+  assert weights == [0] * (1 + len(prompt)) + [1, 1, 1, 1]
 
 
 def test_plain_chat_weights_every_assistant_turn_and_its_eos():
   vocab = char_vocab()
   ids, weights = tokenize_conversation(CHAT, vocab, "plain")
+  assert ids[:1] == START and weights[0] == 0
+  ids, weights = ids[1:], weights[1:]
   text = "".join(vocab.decode([i]) if i != vocab.eos_id else "|" for i in ids)
   assert text == ("Be brief.\n\nUser: Hi there\nAssistant: Hello!|\nUser: Name?\n"
                   "Assistant:  Bob |")
   trained = "".join(c for c, w in zip(text, weights) if w)
   assert trained == "Hello!| Bob |"
   completion, w = tokenize_conversation(CHAT[1:3], vocab, "completion")
-  assert completion == list(vocab.encode("Hi thereHello!")) + [vocab.eos_id]
-  assert w == [0] * 8 + [1] * 7
+  assert completion == START + list(vocab.encode("Hi thereHello!")) + [vocab.eos_id]
+  assert w == [0] * 9 + [1] * 7
 
 
 @pytest.fixture(scope="module")
@@ -144,16 +149,17 @@ def read_rows(task, seq_len, batch_size=4, pack=True, split="train"):
 
 
 def examples_of(rows):
-  """(targets, weights) of every packed segment, checking positions and shifted inputs."""
+  """(ids, weights) of the whole example in every packed segment (its first input, then its
+  targets; the first token has no weight), checking positions and shifted inputs."""
   found = []
   for row in rows:
     for s in sorted(set(row["segment_ids"].tolist()) - {0}):
       at = row["segment_ids"] == s
       assert np.flatnonzero(at).tolist() == list(range(np.argmax(at), np.argmax(at) + at.sum()))
-      targets, weights = row["targets"][at], row["weights"][at]
+      inputs, targets, weights = row["inputs"][at], row["targets"][at], row["weights"][at]
       np.testing.assert_array_equal(row["positions"][at], np.arange(at.sum()))
-      np.testing.assert_array_equal(row["inputs"][at], np.concatenate([[0], targets[:-1]]))
-      found.append((targets.tolist(), weights.tolist()))
+      np.testing.assert_array_equal(inputs[1:], targets[:-1])
+      found.append(([int(inputs[0])] + targets.tolist(), [0] + weights.tolist()))
     pad = row["segment_ids"] == 0
     assert not row["weights"][pad].any() and not row["targets"][pad].any()
   return sorted(found)
@@ -169,7 +175,8 @@ def test_packed_batches_keep_examples_whole_apart_and_masked(tmp_path):
   assert sum(r["targets"].any() for r in rows) <= len(RECORDS) // 2  # examples share rows
   assert examples_of(rows) == expected
   unpacked = read_rows(name, seq_len=64, pack=False)
-  assert sorted((r["targets"][r["targets"] > 0].tolist(), r["weights"][r["targets"] > 0].tolist())
+  assert sorted(([int(r["inputs"][0])] + r["targets"][r["targets"] > 0].tolist(),
+                 [0] + r["weights"][r["targets"] > 0].tolist())
                 for r in unpacked if r["targets"].any()) == expected
 
 
@@ -177,27 +184,28 @@ def test_overlong_examples_are_dropped_or_truncated(tmp_path, capsys):
   vocab = char_vocab()
   path = write_jsonl(tmp_path / "t.jsonl", RECORDS)
   full = [tokenize_conversation(chat_templates.record_messages(r), vocab) for r in RECORDS]
-  lengths = [len(ids) for ids, _ in full]  # "User: \nAssistant: " + prompt + response + EOS
-  assert lengths == [18 + len(r["prompt"]) + len(r["response"]) + 1 for r in RECORDS]
-  seq_len = 25
-  assert sum(n > seq_len for n in lengths) == 3
+  # start + "User: \nAssistant: " + prompt + response + EOS
+  lengths = [len(ids) for ids, _ in full]
+  assert lengths == [1 + 18 + len(r["prompt"]) + len(r["response"]) + 1 for r in RECORDS]
+  seq_len = 25  # positions: an example of n tokens fills n - 1
+  assert sum(n > seq_len + 1 for n in lengths) == 3
   name = register_instruct_task("instruct_drop", {"train": path}, vocab)
   rows = read_rows(name, seq_len)
   # A printed line: lm-train's quiet start hides library WARNING logs.
-  assert "note: task instruct_drop split train: 3 of 8 examples are longer than 25 tokens: " \
+  assert "note: task instruct_drop split train: 3 of 8 examples are longer than 26 tokens: " \
       "dropped\n" in capsys.readouterr().out
-  assert examples_of(rows) == sorted(e for e, n in zip(full, lengths) if n <= seq_len)
-  assert overlong_counts({"train": np.array(lengths)}, seq_len) == {"train": (3, 8)}
+  assert examples_of(rows) == sorted(e for e, n in zip(full, lengths) if n <= seq_len + 1)
+  assert overlong_counts({"train": np.array(lengths)}, seq_len + 1) == {"train": (3, 8)}
 
-  # Truncated: the first SEQ_LEN ids and weights; one whose response starts past SEQ_LEN goes.
+  # Truncated: the first SEQ_LEN + 1 ids and weights; one whose response starts past them goes.
   records = RECORDS + [{"prompt": "a" * 30, "response": "b"}]
   path = write_jsonl(tmp_path / "u.jsonl", records)
   name = register_instruct_task("instruct_trunc", {"train": path}, vocab, overlong="truncate")
   full = [tokenize_conversation(chat_templates.record_messages(r), vocab) for r in records]
-  cut = [(ids[:seq_len], w[:seq_len]) for ids, w in full if any(w[:seq_len])]
+  cut = [(ids[:seq_len + 1], w[:seq_len + 1]) for ids, w in full if any(w[:seq_len + 1])]
   assert len(cut) == len(records) - 1
   assert examples_of(read_rows(name, seq_len)) == sorted(cut)
-  assert "note: task instruct_trunc split train: 4 of 9 examples are longer than 25 tokens: " \
+  assert "note: task instruct_trunc split train: 4 of 9 examples are longer than 26 tokens: " \
       "truncated\n" in capsys.readouterr().out
 
 
@@ -236,9 +244,10 @@ def test_token_id_zero_survives_packing(tmp_path):
   text = "ROMEO: <s> inside"
   name = register_files_task("files_zero", {"train": write_jsonl(
       tmp_path / "f.jsonl", [{"text": text}] * 3)}, vocab, file_format="jsonl")
-  ids = list(vocab.encode(text)) + [vocab.eos_id]
+  ids = list(vocab.encode(text)) + [vocab.eos_id]  # this tokenizer adds no BOS: no start ids
   assert 0 in ids
-  assert examples_of(read_rows(name, seq_len=64, batch_size=1)) == [(ids, [1] * len(ids))] * 3
+  assert examples_of(read_rows(name, seq_len=64, batch_size=1)) == [
+      (ids, [0] + [1] * (len(ids) - 1))] * 3
 
 
 def test_instruct_gin_tokenizes_with_init_froms_tokenizer(trained_run, tmp_path):

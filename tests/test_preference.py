@@ -14,7 +14,7 @@ from conftest import REPO
 from lm.errors import UserError
 from lm.finetuning import preference_data as pdata
 from lm.finetuning.preference import PreferenceLoss, pair_metrics
-from lm.tokenizers import load_tokenizer
+from lm.tokenizers import CharTokenizer, load_tokenizer
 
 
 def _pairs_file(path, n, seed):
@@ -119,7 +119,7 @@ def test_batches_mask_the_prompt_and_resume(trained_run, pair_files):
     got = next(resumed)
     assert all(np.array_equal(got[k], expected[k]) for k in expected)
   tok = load_tokenizer(trained_run)
-  records = {f"User: {r['prompt']}\nAssistant: ": r for r in pdata.read_pairs(pair_files[0])}
+  records = {f"User: {r['prompt']}\nAssistant: ": r for _, r in pdata.read_pairs(pair_files[0])}
   b = first[0]
   for r in range(8):
     for side in ("chosen", "rejected"):
@@ -181,6 +181,19 @@ def test_bad_pair_files_are_user_errors(tmp_path):
     pdata.read_pairs(str(bad))
   with pytest.raises(UserError, match="not found"):
     pdata.read_pairs(str(tmp_path / "missing.jsonl"))
+  # A chat prompt whose message has no role (was KeyError: 'role' when rendered).
+  bad.write_text('\n{"prompt": [{"content": "hi"}], "chosen": "b", "rejected": "c"}\n')
+  with pytest.raises(UserError, match=r"bad.jsonl:2: 'prompt' must be a string or a list"):
+    pdata.read_pairs(str(bad))
+
+
+def test_pairs_the_template_cannot_render_name_file_and_line(tmp_path):
+  bad = tmp_path / "bad.jsonl"
+  bad.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n'
+                 '{"prompt": [{"role": "bot", "content": "hi"}], "chosen": "b", "rejected": "c"}\n')
+  tok = CharTokenizer("abchi")
+  with pytest.raises(UserError, match=r"bad.jsonl:2: chat template 'plain' knows roles"):
+    pdata.encode_pairs(tok, pdata.read_pairs(str(bad)), seq_len=32)
 
 
 def _lm_train(args):

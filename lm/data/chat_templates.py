@@ -16,13 +16,23 @@ Templates (chosen by name in gin):
               tokenizer_config.json): rendered turn by turn, each assistant turn trains up to and
               including the tokenizer's EOS token text.
 
+`encode_conversation` turns a conversation into the (ids, loss weights) that SFT
+(lm.data.instruct) and preference tuning (lm.finetuning.preference_data) train on, by the start
+rule of lm.tokenizers: a plain or completion rendering is a text prompt, so it follows the
+tokenizer's start_ids (what generate() puts before a text prompt); a llama3 or model rendering
+is a chat prompt, whole (generate() of a chat encodes its rendering with nothing added). The
+rendered text is encoded run by run (consecutive segments that train alike form one run; a
+token id such as EOS is its own): the first run as a text, as a prompt is, each later run as
+its continuation (lm.tokenizers' encode_continuation: no SentencePiece dummy-prefix space), so
+the ids decode to exactly the rendered text and a prompt's ids are exactly those generate()
+feeds.
+
 Imports neither TensorFlow nor SeqIO.
 """
-from typing import Callable
-
 from lm.errors import UserError
 
 TEMPLATES = ("plain", "completion", "llama3", "model")
+CHAT_PROMPT_TEMPLATES = ("llama3", "model")  # rendered whole, as a chat prompt: no start ids
 LLAMA3_BOS, LLAMA3_EOT = "<|begin_of_text|>", "<|eot_id|>"
 
 Segment = tuple[str | int, bool]  # (text, or a token id such as EOS; whether it trains)
@@ -138,13 +148,40 @@ def _model(messages, tokenizer) -> list[Segment]:
   return [s for s in segments if s[0] != ""]
 
 
-def encode(segments: list[Segment], encode_text: Callable[[str], list[int]]
-           ) -> tuple[list[int], list[int]]:
-  """(token ids, loss weights): each text segment encoded on its own, so no token straddles a
-  boundary between what trains and what does not."""
-  ids, weights = [], []
+def encode(segments: list[Segment], tokenizer) -> tuple[list[int], list[int]]:
+  """(token ids, loss weights) of a rendering, run by run (see the module docstring).
+
+  tokenizer: an lm.tokenizers.Tokenizer. No token straddles a boundary between what trains and
+  what does not.
+  """
+  runs: list[list] = []  # [text or token id, trains]
   for piece, trains in segments:
-    piece_ids = [piece] if isinstance(piece, int) else list(encode_text(piece))
+    if runs and isinstance(piece, str) and isinstance(runs[-1][0], str) and runs[-1][1] == trains:
+      runs[-1][0] += piece
+    else:
+      runs.append([piece, trains])
+  ids, weights, first = [], [], True
+  for piece, trains in runs:
+    if isinstance(piece, int):
+      piece_ids = [piece]
+    else:
+      piece_ids = (tokenizer.encode(piece, add_special_tokens=False) if first
+                   else tokenizer.encode_continuation(piece))
+      first = False
     ids += piece_ids
     weights += [int(trains)] * len(piece_ids)
   return ids, weights
+
+
+def encode_conversation(messages: list[dict], template: str, tokenizer
+                        ) -> tuple[list[int], list[int]]:
+  """(ids, loss weights) of a conversation rendered with `template` as a model trains on it and
+  is prompted with it (the module docstring): the start ids first (none for a chat prompt
+  template); where the first token would train (nothing before it), the tokenizer's prefix_id.
+  """
+  segments = render(messages, template, tokenizer.eos_id, tokenizer)
+  ids, weights = encode(segments, tokenizer)
+  start = [] if template in CHAT_PROMPT_TEMPLATES else list(tokenizer.start_ids)
+  if not start and weights and weights[0] and tokenizer.prefix_id is not None:
+    start = [tokenizer.prefix_id]  # an empty context, as `score` makes it
+  return start + ids, [0] * len(start) + weights

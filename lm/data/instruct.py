@@ -1,16 +1,18 @@
 """Instruction tuning: SeqIO tasks of chats whose loss covers only the assistant's tokens.
 
 `register_instruct_task` reads JSONL records ({"prompt", "response"} or {"messages": [...]}),
-renders each with a chat template (lm.data.chat_templates) and tokenizes it once, at
-registration: bad records and template errors fail before training, naming file and line. Every
-example carries "targets" (token ids) and "loss_weights" (1 on assistant content and the EOS
-closing each assistant turn, 0 elsewhere).
+renders each with a chat template and tokenizes it once, at registration
+(lm.data.chat_templates.encode_conversation: the ids the model is prompted with, start ids
+first): bad records and template errors fail before training, naming file and line. Every
+example carries "targets" (the token ids of the whole sequence) and "loss_weights" (1 on
+assistant content and the EOS closing each assistant turn, 0 elsewhere).
 
-An example longer than SEQ_LEN is dropped (overlong="drop", the default) or cut to its first
-SEQ_LEN tokens (overlong="truncate"; dropped if no trained token is left); either way the count
-is printed once per task and length (`overlong_counts`). Examples are never split, so packing
-(`LossMaskFeatureConverter`) keeps each one whole in one row, apart from its neighbours
-(segment ids, positions restarting at 0), with its own weights.
+An example's first token is an input only (`LossMaskFeatureConverter`), so an example of n
+tokens fills n - 1 positions. One longer than SEQ_LEN + 1 tokens is dropped (overlong="drop",
+the default) or cut to its first SEQ_LEN + 1 tokens (overlong="truncate"; dropped if no trained
+token is left); either way the count is printed once per task and length (`overlong_counts`).
+Examples are never split, so packing keeps each one whole in one row, apart from its
+neighbours (segment ids, positions restarting at 0), with its own weights.
 """
 import functools
 import json
@@ -21,11 +23,10 @@ import gin
 import numpy as np
 import seqio
 import tensorflow as tf
-from seqio import utils as seqio_utils
 
 from lm.data import chat_templates
 from lm.data.sources import check_files, _open
-from lm.data.vocabularies import TokenizerVocabulary
+from lm.data.vocabularies import TokenizerVocabulary, base_vocabulary, task_tokenizer
 from lm.errors import UserError
 
 LOSS_WEIGHTS = "loss_weights"
@@ -35,27 +36,18 @@ _logged = set()
 _tokenized = {}  # (files' paths, mtimes and sizes, vocabulary id, template) -> (vocabulary, splits)
 
 
-def _encode_text(vocabulary: seqio.Vocabulary):
-  """Text -> ids with nothing added around it (a rendered template holds its own BOS)."""
-  if isinstance(vocabulary, TokenizerVocabulary):
-    return functools.partial(vocabulary.tokenizer.encode, add_special_tokens=False)
-  return vocabulary.encode
-
-
 def tokenize_conversation(messages, vocabulary: seqio.Vocabulary, template: str = "plain"
                           ) -> tuple[list[int], list[int]]:
-  """(ids, loss weights) of one conversation rendered with `template` in `vocabulary`."""
-  tokenizer = getattr(vocabulary, "tokenizer", None)
-  segments = chat_templates.render(messages, template, vocabulary.eos_id, tokenizer)
-  return chat_templates.encode(segments, _encode_text(vocabulary))
+  """(ids, loss weights) of one conversation rendered with `template` in `vocabulary`, as a
+  run trained on it sees it (lm.data.chat_templates.encode_conversation)."""
+  return chat_templates.encode_conversation(messages, template, task_tokenizer(vocabulary))
 
 
-def _check_template(vocabulary, template: str):
+def _check_template(tokenizer, template: str):
   """A template whose markers are special tokens needs a vocabulary that has them."""
   if template == "llama3":
-    encode = _encode_text(vocabulary)
     for marker in (chat_templates.LLAMA3_BOS, chat_templates.LLAMA3_EOT):
-      if len(encode(marker)) != 1:
+      if len(tokenizer.encode(marker, add_special_tokens=False)) != 1:
         raise UserError(f"chat template 'llama3': the vocabulary has no single token for "
                         f"{marker} (use a Llama 3 tokenizer, or template 'plain')")
 
@@ -91,7 +83,8 @@ class TokenizedSource(seqio.DataSource):
 
 
 def _fit_length(dataset, sequence_length, output_features, task_name, overlong, lengths):
-  """Drops (or truncates) examples longer than sequence_length["targets"]; logs the counts."""
+  """Drops (or truncates) examples longer than sequence_length["targets"] (SEQ_LEN + 1, see
+  feature_converter); logs the counts."""
   del output_features
   length = sequence_length["targets"]
   if (task_name, length) not in _logged:
@@ -112,18 +105,18 @@ def overlong_counts(lengths: Mapping[str, np.ndarray], seq_len: int) -> dict:
   return {split: (int(np.sum(n > seq_len)), len(n)) for split, n in lengths.items()}
 
 
-def _read_split(pattern: str, vocabulary, template: str):
+def _read_split(pattern: str, vocabulary, tokenizer, template: str):
   """(ids, weights, offsets) of every record of the files matching `pattern`."""
   paths = check_files(pattern, "text", "text")
   stamps = tuple((p, os.stat(p).st_mtime_ns, os.stat(p).st_size) for p in paths)
   # gin builds InputConfig (so registers the task) more than once: tokenize unchanged files once
   key = (stamps, id(vocabulary), template)
   if key not in _tokenized or _tokenized[key][0] is not vocabulary:
-    _tokenized[key] = vocabulary, _tokenize_files(stamps, vocabulary, template, pattern)
+    _tokenized[key] = vocabulary, _tokenize_files(stamps, tokenizer, template, pattern)
   return _tokenized[key][1]
 
 
-def _tokenize_files(stamps, vocabulary, template: str, pattern: str):
+def _tokenize_files(stamps, tokenizer, template: str, pattern: str):
   ids, weights, offsets = [], [], [0]
   for path, _, _ in stamps:
     with _open(path) as f:
@@ -136,7 +129,8 @@ def _tokenize_files(stamps, vocabulary, template: str, pattern: str):
         except (json.JSONDecodeError, ValueError) as e:
           raise UserError(f"{path}:{line_no}: {e}") from None
         try:
-          example_ids, example_weights = tokenize_conversation(messages, vocabulary, template)
+          example_ids, example_weights = chat_templates.encode_conversation(
+              messages, template, tokenizer)
         except UserError as e:
           raise UserError(f"{path}:{line_no}: {e}") from None
         ids += example_ids
@@ -165,8 +159,9 @@ def register_instruct_task(name: str, split_patterns: Mapping[str, str], vocabul
     raise UserError(f"overlong must be one of {OVERLONG}, not {overlong!r}")
   if vocabulary is None:  # lm-train stops on the missing INIT_FROM itself
     return None
-  _check_template(vocabulary, template)
-  splits = {split: _read_split(pattern, vocabulary, template)
+  tokenizer = task_tokenizer(vocabulary)
+  _check_template(tokenizer, template)
+  splits = {split: _read_split(pattern, vocabulary, tokenizer, template)
             for split, pattern in split_patterns.items() if pattern}  # '': no such split
   lengths = {split: np.diff(offsets) for split, (_, _, offsets) in splits.items()}
   if name in seqio.TaskRegistry.names():  # gin may build the same config twice
@@ -183,16 +178,19 @@ def register_instruct_task(name: str, split_patterns: Mapping[str, str], vocabul
 
 
 class LossMaskFeatureConverter(seqio.FeatureConverter):
-  """seqio's LM feature converter with the task's own loss weights instead of "not padding".
+  """seqio's LM feature converter with the task's own loss weights, and nothing invented.
 
-  Task features "targets" and "loss_weights" (equal lengths) -> decoder_target_tokens,
-  decoder_input_tokens (targets shifted right, restarting at each packed segment),
-  decoder_loss_weights (the task's weights; padding 0) and, when packing, decoder_segment_ids
-  and decoder_positions.
+  Task features "targets" and "loss_weights" (equal lengths): each example is a whole
+  sequence from its first token (the run's start ids, lm.tokenizers), which is an input only,
+  as at inference: decoder_input_tokens are its tokens but the last, decoder_target_tokens
+  its tokens but the first, decoder_loss_weights the targets' weights (padding 0); when packing,
+  decoder_segment_ids and decoder_positions (0 at each example's first token). Rows hold the
+  task length - 1 positions. (seqio's DecoderFeatureConverter instead feeds an id 0 before
+  every example, which in an HF vocabulary is a real token.)
 
   seqio's packing and padding take every 0 for padding (a token 0 inside an example is lost and
   its neighbours shift), but in an HF vocabulary id 0 is a real token (GPT-2's "!", a BOS) and a
-  weight 0 is a prompt token. So both features are packed as value + 1 and shifted back after.
+  weight 0 is a prompt token. So the features are packed as value + 1 and shifted back after.
   """
 
   TASK_FEATURES = {"targets": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
@@ -206,44 +204,65 @@ class LossMaskFeatureConverter(seqio.FeatureConverter):
 
   def _convert_example(self, features):
     real = features["targets"] > 0  # shifted: 0 only in padding
-    targets = tf.where(real, features["targets"] - 1, 0)
-    segment_ids = features.get("targets_segment_ids")
     converted = {
-        "decoder_target_tokens": targets,
-        "decoder_input_tokens": seqio_utils.make_autoregressive_inputs(
-            targets, sequence_id=segment_ids, bos_id=self.bos_id),
+        "decoder_target_tokens": tf.where(real, features["targets"] - 1, 0),
+        "decoder_input_tokens": tf.where(real, features["inputs"] - 1, 0),
         "decoder_loss_weights": tf.where(real, features[LOSS_WEIGHTS] - 1, 0),
     }
     if self.pack:
-      converted["decoder_segment_ids"] = segment_ids
+      converted["decoder_segment_ids"] = features["targets_segment_ids"]
       converted["decoder_positions"] = features["targets_positions"]
     return converted
 
   def _convert_features(self, ds, task_feature_lengths):
-    ds = ds.map(lambda ex: {k: ex[k] + 1 for k in self.TASK_FEATURES})
-    ds = self._pack_or_pad(ds, task_feature_lengths)
+    def shift(ex):
+      tokens, weights = ex["targets"] + 1, ex[LOSS_WEIGHTS] + 1
+      return {"inputs": tokens[:-1], "targets": tokens[1:], LOSS_WEIGHTS: weights[1:]}
+    ds = ds.map(shift).filter(lambda ex: tf.size(ex["targets"]) > 0)
+    length = task_feature_lengths["targets"] - 1
+    ds = self._pack_or_pad(ds, {"inputs": length, "targets": length, LOSS_WEIGHTS: length})
     return ds.map(self._convert_example, num_parallel_calls=tf.data.AUTOTUNE)
 
   def get_model_feature_lengths(self, task_feature_lengths):
-    length = task_feature_lengths["targets"]
+    length = task_feature_lengths["targets"] - 1
     lengths = {k: length for k in self.MODEL_FEATURES}
     if self.pack:
       lengths.update({k: length for k in self.PACKING_FEATURE_DTYPES})
     return lengths
 
 
-def feature_converter(task, length: int, pack: bool):
-  """(convert(ds, lengths), task feature lengths) for `task` (a seqio Task or Mixture) read at
-  `length`: LossMaskFeatureConverter for tasks with loss weights, and for tasks in a model's
-  HF vocabulary (id 0 is a real token there; every token gets weight 1); else seqio's
-  DecoderFeatureConverter."""
-  lengths = {"targets": length, LOSS_WEIGHTS: length}
+def feature_converter(task, seq_len: int, pack: bool, continuous: bool = False):
+  """(convert(ds) -> model features of seq_len positions, the task feature lengths to read
+  `task` (a seqio Task or Mixture) at).
+
+  Tasks with loss weights: LossMaskFeatureConverter (examples of up to seq_len + 1 tokens).
+  Tasks in a model's HF vocabulary: every piece of a document after the tokenizer's start ids
+  (weight 0), every other token weight 1, through LossMaskFeatureConverter (id 0 is a real
+  token there, and nothing is invented before a sequence). Others: seqio's
+  DecoderFeatureConverter, whose id 0 before every piece is the start a char or SentencePiece
+  run saves (start.json). continuous (corpus windows, which have no start): seq_len + 1 tokens
+  per window, the first an input only.
+  """
   if LOSS_WEIGHTS in task.output_features:
-    return LossMaskFeatureConverter(pack=pack), lengths
-  if isinstance(task.output_features["targets"].vocabulary, TokenizerVocabulary):
-    def convert(ds, lengths):
-      ds = ds.map(lambda ex: {"targets": ex["targets"],
-                              LOSS_WEIGHTS: tf.ones_like(ex["targets"])})
-      return LossMaskFeatureConverter(pack=pack)(ds, lengths)
+    lengths = {"targets": seq_len + 1, LOSS_WEIGHTS: seq_len + 1}
+    return (lambda ds: LossMaskFeatureConverter(pack=pack)(ds, lengths)), lengths
+  vocabulary = base_vocabulary(task.output_features["targets"].vocabulary)
+  if isinstance(vocabulary, TokenizerVocabulary):
+    start = [] if continuous or vocabulary.add_special_tokens else vocabulary.tokenizer.start_ids
+    lengths = {"targets": seq_len + 1 - len(start)}
+    def convert(ds):
+      ds = ds.map(lambda ex: {
+          "targets": tf.concat([tf.constant(start, tf.int32), ex["targets"]], 0),
+          LOSS_WEIGHTS: tf.concat([tf.zeros(len(start), tf.int32),
+                                   tf.ones_like(ex["targets"])], 0)})
+      return LossMaskFeatureConverter(pack=pack)(
+          ds, {"targets": seq_len + 1, LOSS_WEIGHTS: seq_len + 1})
     return convert, lengths
-  return seqio.DecoderFeatureConverter(pack=pack), {"targets": length}
+  if continuous:  # inputs [0] + window[:-1]: drop that first position
+    lengths = {"targets": seq_len + 1}
+    def convert(ds):
+      ds = seqio.DecoderFeatureConverter(pack=False)(ds, lengths)
+      return ds.map(lambda ex: {k: v[1:] for k, v in ex.items()})
+    return convert, lengths
+  lengths = {"targets": seq_len}
+  return (lambda ds: seqio.DecoderFeatureConverter(pack=pack)(ds, lengths)), lengths

@@ -81,13 +81,13 @@ class SeqioBatches:
     if start_batch and self._addressable:  # the same task, its windows starting later
       task = seqio.Task(task.name, task.source.starting_at(start_batch * self._rows),
                         task.output_features, task.preprocessors, shuffle_buffer_size=None)
-    converter, length = feature_converter(task, cfg.seq_len + 1 if cfg.continuous else cfg.seq_len,
-                                          pack=cfg.pack and not cfg.continuous)
+    convert, length = feature_converter(task, cfg.seq_len, pack=cfg.pack and not cfg.continuous,
+                                        continuous=cfg.continuous)
     buffer = {"shuffle_buffer_size": cfg.shuffle_buffer_size} if isinstance(task, seqio.Task) else {}
     ds = task.get_dataset(length, split=self.split, shuffle=self.shuffle, seed=self.seed,
                           shard_info=seqio.ShardInfo(index=shard, num_shards=self._num_shards),
                           num_epochs=self.num_epochs, **buffer)
-    ds = converter(ds, length)  # instruction tasks bring their own loss weights
+    ds = convert(ds)  # instruction tasks bring their own loss weights
     ds = ds.batch(self._rows, drop_remainder=self.num_epochs is None)
     return ds.prefetch(2)
 
@@ -143,8 +143,6 @@ class SeqioBatches:
                for k, v in batch.items()}
       mine = slice(jax.process_index() * per_process, (jax.process_index() + 1) * per_process)
       batch = {k: v[mine] for k, v in batch.items()}
-    if self.cfg.continuous:
-      batch = {k: v[:, 1:] for k, v in batch.items()}
     return batch
 
   def __next__(self) -> dict[str, np.ndarray]:

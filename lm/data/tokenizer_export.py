@@ -15,13 +15,7 @@ import tensorflow as tf
 
 from lm import tokenizers
 from lm.data.pipeline import vocabulary
-from lm.data.vocabularies import CharVocabulary, TokenizerVocabulary
-
-
-def _base_vocabulary(vocab: seqio.Vocabulary) -> seqio.Vocabulary:
-  """Unwraps lazily built vocabularies (lm.data.tasks._LazyVocabulary holds a factory)."""
-  factory = getattr(vocab, "_factory", None)
-  return factory() if callable(factory) else vocab
+from lm.data.vocabularies import CharVocabulary, TokenizerVocabulary, base_vocabulary
 
 
 def save_task_tokenizer(task: str, model_dir: str, start_id: int | None = None) -> str | None:
@@ -34,7 +28,7 @@ def save_task_tokenizer(task: str, model_dir: str, start_id: int | None = None) 
   The directory is replaced as a whole (written beside it, then renamed), so a reader never
   sees half a tokenizer.
   """
-  vocab = _base_vocabulary(vocabulary(task))
+  vocab = base_vocabulary(vocabulary(task))
   if isinstance(vocab, CharVocabulary):
     def write(tmp):
       with open(os.path.join(tmp, tokenizers.CHARS_FILE), "w", encoding="utf-8") as f:

@@ -202,3 +202,25 @@ def _model_vocabulary(model_dir: str, add_special_tokens: bool) -> seqio.Vocabul
   if isinstance(tok, tokenizers.SentencePieceTokenizer):
     return seqio.SentencePieceVocabulary(os.path.join(directory, tokenizers.SPM_FILE))
   return TokenizerVocabulary(model_dir, add_special_tokens)
+
+
+def base_vocabulary(vocab: seqio.Vocabulary) -> seqio.Vocabulary:
+  """Unwraps lazily built vocabularies (lm.data.tasks._LazyVocabulary holds a factory)."""
+  factory = getattr(vocab, "_factory", None)
+  return factory() if callable(factory) else vocab
+
+
+def task_tokenizer(vocab: seqio.Vocabulary) -> tokenizers.Tokenizer:
+  """The lm.tokenizers.Tokenizer that gives `vocab`'s ids, with the start ids of a run trained
+  on a task in it (lm.tokenizers' start rule): a character table or SentencePiece model with
+  DOCUMENT_START_ID (the run saves it as start.json), a model's HF tokenizer as it is."""
+  vocab = base_vocabulary(vocab)
+  if isinstance(vocab, TokenizerVocabulary):
+    return vocab.tokenizer
+  if isinstance(vocab, CharVocabulary):
+    return tokenizers.CharTokenizer(vocab.chars, tokenizers.DOCUMENT_START_ID)
+  if isinstance(vocab, seqio.SentencePieceVocabulary) and not vocab.extra_ids:
+    return tokenizers.SentencePieceTokenizer(bos_id=tokenizers.DOCUMENT_START_ID,
+                                             model_proto=vocab.sp_model)
+  raise UserError(f"a {type(vocab).__name__} has no lm tokenizer: use a character, "
+                  "SentencePiece or model_vocabulary vocabulary")

@@ -25,7 +25,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lm.decoding import score as harness_scoring
 
 Pair = tuple[str, str]
 ROW_TOKENS = 128  # a forward pass holds about batch_size x ROW_TOKENS tokens
@@ -57,8 +56,7 @@ def score_items(model, items: Sequence[Sequence[Pair]], batch_size: int = 16):
   model: an lm.api.LoadedModel with a tokenizer. batch_size: rows of about ROW_TOKENS tokens
   per forward pass.
   """
-  encoded = [[harness_scoring.encode_pair(model._encode, c, x, model._prefix()) for c, x in item]
-             for item in items]
+  encoded = [[model._encode_pair(c, x) for c, x in item] for item in items]
   out = [(np.zeros(len(item)), np.ones(len(item), bool)) for item in items]
   groups, long_pairs = [], []  # groups: (context ids, [(item, pair, continuation ids)])
   for i, pairs in enumerate(encoded):

@@ -1,12 +1,13 @@
 """Preference pairs for lm-train: JSONL {"prompt", "chosen", "rejected"} -> batches (no TensorFlow).
 
 Each line's prompt is a string (one user message) or a chat [{"role", "content"}, ...]; chosen
-and rejected are strings, the assistant's reply. Prompt + reply are rendered with the chat
-template instruction tuning uses (lm.data.chat_templates: plain, completion, llama3 or the
-model's own), each segment tokenized on its own: the response is the reply's trained segments
-(its text and the EOS or end-of-turn token closing it), the prompt everything before. The
-policy and the reference see exactly the same ids. A pair longer than SEQ_LEN + 1 tokens loses
-the oldest prompt tokens; one whose response alone does not fit is dropped (and counted).
+and rejected are strings, the assistant's reply. Prompt + reply are rendered and tokenized as
+instruction tuning does (lm.data.chat_templates.encode_conversation: plain, completion, llama3
+or the model's own template; the start ids first, the text encoded as one, so the prompt's ids
+are exactly those generate() feeds): the response is the reply's trained tokens (its text and
+the EOS or end-of-turn token closing it), the prompt everything before. The policy and the
+reference see exactly the same ids. A pair longer than SEQ_LEN + 1 tokens loses the oldest
+prompt tokens; one whose response alone does not fit is dropped (and counted).
 
 The tokenizer is that of `reference_dir` (normally the run's INIT_FROM), which is also the
 frozen reference model. Its log-probabilities of the responses come from `lm.load(...).score`:
@@ -58,8 +59,9 @@ class Pair:
   rejected: tuple[int, ...]
 
 
-def read_pairs(path: str) -> list[dict]:
-  """The records of a preference JSONL file, checked (one UserError naming file and line)."""
+def read_pairs(path: str) -> list[tuple[str, dict]]:
+  """(where: "path:line", record) of every record of a preference JSONL file, checked (one
+  UserError naming file and line)."""
   records = []
   for n, record in read_jsonl(path, missing=f"preference file not found: {path!r}"):
     if not isinstance(record, dict) or not all(isinstance(record.get(k), str)
@@ -67,48 +69,50 @@ def read_pairs(path: str) -> list[dict]:
       raise UserError(f"{path}:{n}: expected an object with string 'chosen' and 'rejected'")
     prompt = record.get("prompt")
     if not isinstance(prompt, str) and not (isinstance(prompt, list) and prompt and all(
-        isinstance(m, dict) and isinstance(m.get("content"), str) for m in prompt)):
+        isinstance(m, dict) and isinstance(m.get("role"), str) and
+        isinstance(m.get("content"), str) for m in prompt)):
       raise UserError(f"{path}:{n}: 'prompt' must be a string or a list of "
-                      "{'role', 'content'} messages")
-    records.append(record)
+                      "{'role': str, 'content': str} messages")
+    records.append((f"{path}:{n}", record))
   if not records:
     raise UserError(f"{path} holds no preference pairs")
   return records
 
 
 def render_pair(tokenizer: tokenizers.Tokenizer, prompt, reply: str, template: str):
-  """(prompt ids, response ids) of a prompt (str or chat) and the assistant's reply."""
+  """(prompt ids, response ids) of a prompt (str or chat) and the assistant's reply, as
+  instruction tuning encodes the conversation (start ids and all)."""
   messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-  segments = chat_templates.render(messages + [{"role": "assistant", "content": reply}],
-                                   template, tokenizer.eos_id, tokenizer)
-  while segments and not segments[-1][1]:  # text after the closing EOS (e.g. a newline)
-    segments.pop()
-  split = len(segments)
-  while split and segments[split - 1][1]:
+  ids, weights = chat_templates.encode_conversation(
+      messages + [{"role": "assistant", "content": reply}], template, tokenizer)
+  end = len(weights)
+  while end and not weights[end - 1]:  # text after the closing EOS (e.g. a newline)
+    end -= 1
+  split = end
+  while split and weights[split - 1]:
     split -= 1
-  encode = lambda text: tokenizer.encode(text, add_special_tokens=False)
-  return (chat_templates.encode(segments[:split], encode)[0],
-          chat_templates.encode(segments[split:], encode)[0])
+  return ids[:split], ids[split:end]
 
 
 def encode_pairs(tokenizer: tokenizers.Tokenizer, records, seq_len: int,
                  template: str = "plain") -> tuple[list, int]:
-  """(Pairs that fit seq_len + 1 tokens, number dropped) - see the module docstring."""
-  prefix = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
-  # What the tokenizer puts before a text prompt in generation (a document-trained run's start
-  # id, an HF BOS); the model's own chat template writes its BOS itself.
-  start = [] if template == "model" else tokenizer.encode("", add_special_tokens=True)
+  """(Pairs that fit seq_len + 1 tokens, number dropped) - see the module docstring.
+
+  records: read_pairs' (where, record); a record the template cannot render is a UserError
+  naming its file and line."""
   pairs, dropped = [], 0
-  for record in records:
-    prompt_ids, chosen = render_pair(tokenizer, record["prompt"], record["chosen"], template)
-    prompt_again, rejected = render_pair(tokenizer, record["prompt"], record["rejected"],
-                                         template)
+  for where, record in records:
+    try:
+      prompt_ids, chosen = render_pair(tokenizer, record["prompt"], record["chosen"], template)
+      prompt_again, rejected = render_pair(tokenizer, record["prompt"], record["rejected"],
+                                           template)
+    except UserError as e:
+      raise UserError(f"{where}: {e}") from None
     if prompt_again != prompt_ids:
-      raise UserError(f"chat template {template!r} renders the prompt differently before "
-                      "the chosen and the rejected reply")
-    prompt_ids = (start + prompt_ids) or [prefix]  # an empty prompt: score's prefix token
+      raise UserError(f"{where}: chat template {template!r} renders the prompt differently "
+                      "before the chosen and the rejected reply")
     room = seq_len + 1 - max(len(chosen), len(rejected))
-    if room < 1 or not chosen or not rejected:
+    if room < 1 or not prompt_ids or not chosen or not rejected:
       dropped += 1
       continue
     pairs.append(Pair(tuple(prompt_ids[-room:]), tuple(chosen), tuple(rejected)))
