@@ -2,13 +2,13 @@
 packing that keeps examples whole and apart, overlong examples dropped or truncated. (What a
 run trains on against what it is prompted with: tests/test_start_rule.py.)"""
 import json
+import os
 
 import gin
 import numpy as np
 import pytest
 import seqio
 
-from lm import tokenizers
 from lm.data import chat_templates
 from lm.data.inputs import InputConfig
 from lm.data.instruct import overlong_counts, register_instruct_task, tokenize_conversation
@@ -27,7 +27,7 @@ LLAMA3_JINJA = (
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"},
         {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Name?"},
         {"role": "assistant", "content": " Bob "}]
-START = [tokenizers.DOCUMENT_START_ID]  # what a char-vocabulary run's sequences start with
+START = [0]  # what a char-vocabulary run's sequences start with (its start.json)
 
 
 def char_vocab():
@@ -106,6 +106,47 @@ def test_llama3_template_is_the_official_format(llama3_model_dir):
   trained = [i for i, w in zip(ids, weights) if w]
   assert trained == (reference.encode("Hello!", add_special_tokens=False) + [eot] +
                      reference.encode("Bob", add_special_tokens=False) + [eot])
+
+
+def llama3_tokenizer_dir(model_dir, eos: str) -> str:
+  """A model directory holding a tiny BPE tokenizer with Llama 3's special tokens
+  (<|begin_of_text|> 0, <|end_of_text|> 1, <|eot_id|> 2, the headers) and EOS `eos`."""
+  transformers = pytest.importorskip("transformers")
+  from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+  backend = Tokenizer(models.BPE())
+  backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>", "<|start_header_id|>",
+              "<|end_header_id|>"]
+  backend.train_from_iterator(["Hello there, be brief. Name? Bob"] * 10, trainers.BpeTrainer(
+      vocab_size=300, special_tokens=specials,
+      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+  transformers.PreTrainedTokenizerFast(
+      tokenizer_object=backend, bos_token="<|begin_of_text|>",
+      eos_token=eos).save_pretrained(str(model_dir / "tokenizer"))
+  return str(model_dir)
+
+
+def test_a_tuned_run_stops_where_its_turns_end(tmp_path):
+  """SFT from a Llama 3 base import (EOS <|end_of_text|>) with the llama3 template: the run
+  keeps the import's generation_config.json and adds <|eot_id|>, the token its assistant turns
+  were trained to end with, so that lm.load stops there."""
+  from lm.api import _eos_ids
+  from lm.models.config import ModelConfig
+  from lm.tokenizers import load_tokenizer
+  from lm.training.optimizers import OptimizerConfig
+  from lm.training.run_dir import run_settings, write_run_files
+  base = llama3_tokenizer_dir(tmp_path / "llama3_base", eos="<|end_of_text|>")
+  with open(os.path.join(base, "generation_config.json"), "w") as f:
+    json.dump({"bos_token_id": 0, "eos_token_id": 1, "temperature": 0.6}, f)
+  name = register_instruct_task("instruct_llama3_eot", {"train": write_jsonl(
+      tmp_path / "t.jsonl", [{"messages": CHAT}])}, model_vocabulary(base), "llama3")
+  cfg = InputConfig(task=name, batch_size=1, seq_len=64)
+  run = str(tmp_path / "run")
+  write_run_files(run, ModelConfig(vocab_size=300, max_len=64), name,
+                  run_settings(cfg, OptimizerConfig(), 1), 1, None)
+  with open(os.path.join(run, "generation_config.json")) as f:
+    assert json.load(f) == {"bos_token_id": 0, "eos_token_id": [1, 2], "temperature": 0.6}
+  assert _eos_ids(run, load_tokenizer(run)) == (1, 2)  # <|end_of_text|>, <|eot_id|>
 
 
 def test_model_template_of_an_hf_import(tmp_path):

@@ -163,6 +163,25 @@ def test_cached_reference_logps_equal_online_ones_and_go_stale(trained_run, pair
   assert calls
 
 
+def test_a_dpo_run_stops_where_its_responses_end(tmp_path):
+  """The run gets the reference's generation_config.json, with the id that closes the pairs'
+  responses (here the llama3 template's <|eot_id|>, not the tokenizer's EOS)."""
+  from test_instruct import llama3_tokenizer_dir
+  reference = llama3_tokenizer_dir(tmp_path / "reference", eos="<|end_of_text|>")
+  (tmp_path / "reference" / "generation_config.json").write_text(
+      json.dumps({"eos_token_id": 1, "top_p": 0.9}))
+  pairs = tmp_path / "pairs.jsonl"
+  pairs.write_text(json.dumps({"prompt": "Hello", "chosen": "Bob", "rejected": "Name"}) + "\n")
+  cfg = pdata.PreferenceInputConfig(train_path=str(pairs), reference_dir=reference,
+                                    reference_logps="none", batch_size=1, seq_len=32,
+                                    template="llama3")
+  run = tmp_path / "run"
+  run.mkdir()
+  pdata.preference_batches(cfg, "train").start_run(str(run))
+  with open(run / "generation_config.json") as f:
+    assert json.load(f) == {"eos_token_id": [1, 2], "top_p": 0.9}
+
+
 def test_pairs_use_the_instruction_chat_templates(trained_run):
   tok = load_tokenizer(trained_run)
   enc = lambda text: tok.encode(text, add_special_tokens=False)
@@ -224,7 +243,11 @@ def test_dpo_run_raises_held_out_reward_accuracy(trained_run, pair_files, tmp_pa
           "--gin.MESH_SHAPE=(-1,1,1)"]
   assert _lm_train(args) == 0
   with open(os.path.join(model_dir, "metrics.jsonl")) as f:
-    evals = [r for r in map(json.loads, f) if "eval/reward_accuracy" in r]
+    records = list(map(json.loads, f))
+  evals = [r for r in records if "eval/reward_accuracy" in r]
+  for r in records:  # tokens/s counts both rows of every pair: 8 pairs x 2 x SEQ_LEN per step
+    if "train/tokens_per_sec" in r:
+      assert r["train/tokens_per_sec"] * r["train/step_time_ms"] / 1000 == pytest.approx(512)
   assert [r["step"] for r in evals] == [10, 20]
   assert 0 < evals[0]["eval/reward_margin"] < evals[1]["eval/reward_margin"]
   assert evals[1]["eval/reward_accuracy"] >= 0.9

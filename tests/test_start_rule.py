@@ -47,7 +47,7 @@ def _hf_tokenizer_dir(path, metaspace: bool, add_bos: bool):
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     alphabet = pre_tokenizers.ByteLevel.alphabet()
-  text = f"{PLAIN_PROMPT}{REPLY}\n[user] [assistant] Bad day. ROMEO: But soft! what light"
+  text = f"{PLAIN_PROMPT}{REPLY}\n[user] [assistant] [system] Be brief. Bad day? ROMEO: But soft!"
   backend.train_from_iterator([text] * 20, trainers.BpeTrainer(
       vocab_size=120, special_tokens=["<unk>", "<s>", "</s>"], initial_alphabet=alphabet))
   if add_bos:
@@ -169,3 +169,28 @@ def test_hf_documents_follow_the_tokenizers_own_start(kind, models, tmp_path):
   ids = tok.encode("ROMEO: But soft!") + [tok.eos_id]  # as the tokenizer encodes a text
   assert inputs[:1] + targets == ids and inputs[1:] == targets[:-1]
   assert weights == [1] * len(targets)  # the start is an input only
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_multi_turn_chats_decode_to_their_rendering(kind, models):
+  """Every run of a longer chat (system text, two turns, text after an EOS) is encoded as the
+  continuation of the text before it: nothing is added between them."""
+  from lm.data.instruct import tokenize_conversation
+  model_dir, model = models[kind]
+  tok = model.tokenizer
+  chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi there"},
+          {"role": "assistant", "content": "Good day"}, {"role": "user", "content": "ROMEO?"},
+          {"role": "assistant", "content": " But soft! "}]
+  vocab = model_vocabulary(model_dir)
+  ids, _ = tokenize_conversation(chat, vocab, "plain")
+  assert tok.decode(ids) == ("Be brief.\n\nUser: hi there\nAssistant: Good day\nUser: ROMEO?\n"
+                             "Assistant:  But soft! ")
+  if kind.startswith("hf"):
+    ids, _ = tokenize_conversation(chat, vocab, "model")
+    assert tok.decode(ids, skip_special_tokens=False) == tok.apply_chat_template(
+        chat, add_generation_prompt=False)
+  # A reply with nothing before it (an empty completion prompt) follows the prefix token, as
+  # an empty scoring context does.
+  ids, weights = tokenize_conversation([{"role": "assistant", "content": "Good day"}], vocab,
+                                       "completion")
+  assert ids[0] == tok.prefix_id and weights[0] == 0 and all(weights[1:])

@@ -53,11 +53,19 @@ def _check_template(tokenizer, template: str):
 
 
 class TokenizedSource(seqio.DataSource):
-  """Examples tokenized in memory: {"targets", "loss_weights"} per example, per split."""
+  """Examples tokenized in memory: {"targets", "loss_weights"} per example, per split.
+
+  closing_ids: the ids that end the examples' trained runs (EOS, <|eot_id|>, ...): what a
+  run tuned on them must stop generating at."""
 
   def __init__(self, splits: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]]):
     """splits: name -> (ids of all examples end to end, their weights, row offsets (n + 1))."""
     self.examples = dict(splits)
+    self.closing_ids = set()
+    for ids, weights, offsets in splits.values():
+      after = np.append(weights[1:], 0)
+      after[offsets[1:] - 1] = 0  # an example's last token ends its run
+      self.closing_ids.update(ids[(weights > 0) & (after == 0)].tolist())
     super().__init__(splits=tuple(splits), num_input_examples={
         s: len(offsets) - 1 for s, (_, _, offsets) in splits.items()}, caching_permitted=False)
 
@@ -229,6 +237,12 @@ class LossMaskFeatureConverter(seqio.FeatureConverter):
     if self.pack:
       lengths.update({k: length for k in self.PACKING_FEATURE_DTYPES})
     return lengths
+
+
+def closing_ids(task: str) -> set[int]:
+  """The closing ids (TokenizedSource) of the instruction tasks in a task or mixture."""
+  tasks = seqio.get_subtasks(seqio.get_mixture_or_task(task))
+  return set().union(*(getattr(t.source, "closing_ids", set()) for t in tasks))
 
 
 def feature_converter(task, seq_len: int, pack: bool, continuous: bool = False):

@@ -3,7 +3,9 @@
 The training loop calls `save_task_tokenizer` so that every run directory can turn text into
 ids and back without TensorFlow: the character table goes to MODEL_DIR/tokenizer/chars.json,
 a SentencePiece model is copied to MODEL_DIR/tokenizer/spm.model, an HF tokenizer's files
-(lm.data.vocabularies.model_vocabulary) are copied as they are.
+(lm.data.vocabularies.model_vocabulary) are copied as they are, with the generation_config.json
+of the model directory they come from (its end-of-sequence ids) and the ids that close the
+task's trained turns (lm.finetuning.save_generation_config).
 """
 import json
 import os
@@ -14,7 +16,9 @@ import seqio
 import tensorflow as tf
 
 from lm import tokenizers
+from lm.data.instruct import closing_ids
 from lm.data.pipeline import vocabulary
+from lm.finetuning import save_generation_config
 from lm.data.vocabularies import CharVocabulary, TokenizerVocabulary, base_vocabulary
 
 
@@ -56,4 +60,7 @@ def save_task_tokenizer(task: str, model_dir: str, start_id: int | None = None) 
     os.replace(tmp, target)
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
+  source = (os.path.dirname(vocab.directory) if isinstance(vocab, TokenizerVocabulary)
+            else None)  # a char table or SentencePiece model does not say where it came from
+  save_generation_config(model_dir, source, closing_ids(task))
   return target

@@ -58,8 +58,10 @@ def train(model_dir: str, *, model_cfg: ModelConfig = gin.REQUIRED, input_cfg=gi
 
   batches_fn(input_cfg, split, start) returns an iterator of numpy batches of this process's
   rows with a `.state` (batches read) and a `.vocab_size` (None: unknown); input_cfg is a
-  dataclass with .batch_size and .seq_len. Evals read the first `eval_steps` validation
-  batches (fewer if the split ends sooner) once, at start-up; eval_steps=0 turns evals off.
+  dataclass with .batch_size and .seq_len (and .rows where a batch feeds the model another
+  number of sequences than batch_size, e.g. two per preference pair). Evals read the first
+  `eval_steps` validation batches (fewer if the split ends sooner) once, at start-up;
+  eval_steps=0 turns evals off.
   A train iterator with a `start_run(model_dir)` method is called once the run directory is
   made (e.g. to keep files beside the run).
 
@@ -185,7 +187,7 @@ def train(model_dir: str, *, model_cfg: ModelConfig = gin.REQUIRED, input_cfg=gi
         results[f"{prefix}/perplexity"] = float(jnp.exp(loss))
       return results
 
-    tokens_per_step = batch_size * seq_len
+    tokens_per_step = getattr(input_cfg, "rows", batch_size) * seq_len
     flops = flops_per_token(model_cfg, seq_len) * tokens_per_step
     peak = peak_flops_per_device(peak_flops)
     sup.start(warnings)  # prints warnings, watches SIGTERM/SIGINT from now on
