@@ -76,5 +76,5 @@ class HarnessLM(LM):
   def _context_ids(self, context: str) -> list[int]:
     bos = self.model.tokenizer.special_tokens().get("bos_token")
     if bos and context.startswith(bos):  # the harness's has_bos_prefix: no second BOS
-      return self.model._encode(context, add_special_tokens=False)
+      return self.model._encode(context)
     return self.model._prompt_ids([context])[0][0]
