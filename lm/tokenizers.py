@@ -11,8 +11,8 @@ A model directory keeps its tokenizer in MODEL_DIR/tokenizer/, as exactly one of
                       chat_template.jinja, as transformers writes them
 
 and, beside chars.json or spm.model, optionally start.json {"bos_id": 0}: the run was trained on
-documents or instructions, whose sequences all start with id 0 (DOCUMENT_START_ID, seqio's decoder
-BOS), so that id is the model's BOS.
+documents or instructions, whose sequences all start with id 0 (DOCUMENT_START_ID, seqio's
+decoder BOS), so that id is the model's BOS.
 
 The start rule: `Tokenizer.start_ids` (what encode(add_special_tokens=True) puts before a text:
 start.json's id, or the BOS an HF tokenizer's own post-processor adds, else nothing) begins every
@@ -20,7 +20,7 @@ text the model is given: a training sequence (lm.data.instruct, lm.finetuning.pr
 a text prompt, a scoring context (lm.api). A chat rendered by a chat template is whole: its
 rendering writes any BOS itself. The first token of a sequence is an input only, never a
 target; where there is nothing before a scored token (an empty context), the sequence starts
-with `prefix_id` (BOS, else EOS: lm-evaluation-harness' rule).
+with `prefix_id` (the start id, else BOS, else EOS: lm-evaluation-harness' rule).
 
 `load_tokenizer(model_dir)` returns the matching `Tokenizer`, or None when the directory has
 none (the model then takes token ids only).

@@ -18,8 +18,8 @@ import tensorflow as tf
 from lm import tokenizers
 from lm.data.instruct import closing_ids
 from lm.data.pipeline import vocabulary
-from lm.finetuning import save_generation_config
 from lm.data.vocabularies import CharVocabulary, TokenizerVocabulary, base_vocabulary
+from lm.finetuning import save_generation_config
 
 
 def save_task_tokenizer(task: str, model_dir: str, start_id: int | None = None) -> str | None:

@@ -15,6 +15,7 @@ import gin
 
 from lm.errors import UserError
 from lm.models.config import ModelConfig
+from lm.tokenizers import load_tokenizer
 
 GENERATION_FILE = "generation_config.json"  # HF's: bos/eos/pad ids and decoding defaults
 
@@ -56,7 +57,6 @@ def save_generation_config(model_dir: str, source_dir: str | None, eos_ids) -> N
   llama3 template's <|eot_id|>). Not written where source_dir has none and eos_ids add nothing
   to the tokenizer's EOS (generation stops there anyway).
   """
-  from lm.tokenizers import load_tokenizer  # pylint: disable=import-outside-toplevel
   source = os.path.join(source_dir, GENERATION_FILE) if source_dir else None
   config = None
   if source and os.path.exists(source):
