@@ -29,8 +29,7 @@ from lm.models.config import ModelConfig
 from lm.models.transformer import Transformer
 from lm.tokenizers import load_tokenizer
 from lm.sharding import (BATCH_AXES, DEFAULT_RULES, check_divisible, data_parallel_size,
-                         make_mesh, use_mesh)
-from lm.training.state import param_shardings, with_shardings
+                         make_mesh, param_shardings, use_mesh, with_shardings)
 
 
 @dataclasses.dataclass

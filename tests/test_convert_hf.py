@@ -21,10 +21,9 @@ from lm.cli import convert  # noqa: E402
 from lm.convert import hf_dirs  # noqa: E402
 from lm.errors import UserError  # noqa: E402
 from lm.models.transformer import Transformer  # noqa: E402
-from lm.sharding import DEFAULT_RULES, make_mesh, use_mesh  # noqa: E402
+from lm.sharding import DEFAULT_RULES, make_mesh, param_shardings, use_mesh  # noqa: E402
 from lm.training import loop  # noqa: E402
 from lm.training.optimizers import OptimizerConfig  # noqa: E402
-from lm.training.state import param_shardings  # noqa: E402
 from lm import tokenizers  # noqa: E402
 from lm.training import checkpoints  # noqa: E402
 from test_tokenizers import CHAT, TEXTS, hf_tokenizer  # noqa: E402

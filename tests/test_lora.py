@@ -21,9 +21,8 @@ from lm.finetuning.lora import Adapters, LoraConfig, merge
 from lm.models.config import ModelConfig
 from lm.models.layers import DenseGeneral
 from lm.models.transformer import Transformer
-from lm.sharding import make_mesh
+from lm.sharding import make_mesh, param_shardings
 from lm.training import checkpoints
-from lm.training.state import param_shardings
 from test_cli import _fails, _snapshot
 
 NANO = dict(vocab_size=68, d_model=32, num_layers=2, num_heads=4, mlp_dim=64, max_len=32)

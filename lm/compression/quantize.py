@@ -28,6 +28,7 @@ from lm.errors import UserError
 from lm.models.config import ModelConfig
 from lm.models.layers import DenseGeneral, Embed
 from lm.models.transformer import Transformer
+from lm.sharding import param_shardings
 
 SCHEMES = {"int8": 8, "int4": 4}
 QMAX = {8: 127, 4: 7}
@@ -208,7 +209,6 @@ def _fit(spec: tuple, shape: tuple, mesh) -> P:
 def abstract_quantized(cfg: ModelConfig, meta: dict, mesh):
   """The quantized tree's ShapeDtypeStructs, each carrying its sharding on `mesh` (what a
   restore needs). meta: model.json's "quantization" entry."""
-  from lm.training.state import param_shardings  # training imports stay out of the math
   abstract, shardings = param_shardings(Transformer(cfg), mesh, seq_len=1)
   qabstract = jax.eval_shape(functools.partial(
       quantize_params, cfg=cfg, scheme=meta["scheme"], group_size=meta["group_size"],

@@ -40,9 +40,8 @@ from lm.compression.masks import pruned_kernels
 from lm.errors import UserError
 from lm.models.config import ModelConfig
 from lm.models.transformer import Transformer
-from lm.sharding import DEFAULT_RULES
+from lm.sharding import DEFAULT_RULES, param_shardings, with_shardings
 from lm.training import checkpoints
-from lm.training.state import param_shardings, with_shardings
 
 LORA_JSON = "lora.json"
 RANK_AXIS = "lora_rank"  # no sharding rule names it: replicated
@@ -93,7 +92,7 @@ class LoraConfig:
 
 
 class Adapters:
-  """The adapter tree of a model, with the interface lm.training.state expects of a model:
+  """The adapter tree of a model, with the interface lm.sharding.param_shardings expects of a model:
   init(rng, tokens_BL) -> {"params": adapters boxed with logical axis names}."""
 
   def __init__(self, model_cfg: ModelConfig, lora: LoraConfig):

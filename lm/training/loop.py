@@ -19,13 +19,13 @@ from lm.finetuning import lora as lora_lib
 from lm.models.config import ModelConfig, flops_per_token
 from lm.models.transformer import Transformer
 from lm.sharding import (DEFAULT_RULES, batch_sharding, check_divisible, check_model_divisible,
-                         global_batch, make_mesh, use_mesh)
+                         global_batch, make_mesh, use_mesh, with_shardings)
 from lm.compression.masks import keep_pruned
 from lm.training import checkpoints
 from lm.training.metrics import MetricsWriter, peak_flops_per_device
 from lm.training.optimizers import OptimizerConfig, make_optimizer, make_schedule
 from lm.training.run_dir import check_resume, run_settings, write_run_files
-from lm.training.state import abstract_state, create_state, state_shardings, with_shardings
+from lm.training.state import abstract_state, create_state, state_shardings
 from lm.training.step import LossConfig, eval_step, train_step
 from lm.training.supervisor import Supervisor
 from lm.training.validate import check_train_config
