@@ -18,8 +18,9 @@ import numpy as np
 from lm import tokenizers
 from lm.convert import hf
 from lm.convert.gguf_tokenizer import tokenizer_files
-from lm.convert.model_dirs import GENERATION_CONFIG, absolute, new_dir, write_json, write_model_dir
 from lm.errors import UserError
+from lm.jsonl import write_json
+from lm.model_dir import GENERATION_CONFIG, absolute, new_dir, write_model_dir
 from lm.models.config import ModelConfig
 
 _TOP = {"token_embd.weight": "model.embed_tokens.weight",

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from lm.errors import UserError
 from lm.finetuning import lora as lora_lib
+from lm.model_dir import latest_step, restore_params
 from lm.models.config import ModelConfig, flops_per_token
 from lm.models.transformer import Transformer
 from lm.sharding import (DEFAULT_RULES, batch_sharding, check_divisible, check_model_divisible,
@@ -123,7 +124,7 @@ def train(model_dir: str, *, model_cfg: ModelConfig = gin.REQUIRED, input_cfg=gi
                                                          mesh, seq_len, rules)
     frozen, frozen_shardings = ((), ()) if base is None else ((base.params,), (base.shardings,))
     ckpt_dir = os.path.join(model_dir, "checkpoints")
-    start = checkpoints.latest_step(ckpt_dir)
+    start = latest_step(ckpt_dir)
     if start is None:
       state = create_state(trained, tx, shardings, seq_len, seed)
       if init_from and base is None:
@@ -289,6 +290,6 @@ def _params_from(model_dir: str, params, shardings):
   abstract = with_shardings(params, shardings)
   model_dir = os.path.abspath(model_dir)
   try:
-    return lora_lib.restore_params(model_dir, abstract_params=abstract)  # LoRA runs: merged
+    return restore_params(model_dir, abstract_params=abstract)  # LoRA runs: merged
   except (FileNotFoundError, ValueError, KeyError) as e:
     raise UserError(f"cannot initialize from {model_dir}: {e}") from None
