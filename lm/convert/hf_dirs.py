@@ -17,6 +17,7 @@ from lm.convert import hf, safetensors_io
 from lm.errors import UserError
 from lm.jsonl import read_json, write_json
 from lm.model_dir import GENERATION_CONFIG, absolute, load_params, new_dir, write_model_dir
+from lm.models.scanned import stack_layers, unstack_layers
 from lm.models.config import ModelConfig
 
 SPECIAL_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
@@ -31,7 +32,7 @@ def read_hf(hf_dir: str, **overrides) -> tuple[ModelConfig, dict]:
     cfg = hf.config_from_hf(json.load(f), **overrides)
   params = hf.params_from_hf(cfg, safetensors_io.read_dir(hf_dir), cfg.weight_dtype)
   if cfg.scan_layers:
-    params = hf.stack_layers(params, cfg.num_layers)
+    params = stack_layers(params, cfg.num_layers)
   return cfg, params
 
 
@@ -85,7 +86,7 @@ def export_hf(model_dir: str, hf_dir: str, step: int | None = None,
   model_dir = absolute(model_dir)
   _, cfg, params = load_params(model_dir, step)
   if cfg.scan_layers:
-    params = hf.unstack_layers(params, cfg.num_layers)
+    params = unstack_layers(params, cfg.num_layers)
   hf_config = hf.config_to_hf(cfg)
   generation = _special_ids(model_dir)
   hf_config.update({k: generation[k] for k in SPECIAL_IDS if generation.get(k) is not None})
