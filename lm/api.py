@@ -10,9 +10,7 @@ over tensor, embed over fsdp); batches are split over the data axes.
 import contextlib
 import dataclasses
 import functools
-import json
 import math
-import os
 from typing import Sequence
 
 import flax.linen as nn
@@ -24,13 +22,12 @@ from lm import decoding
 from lm.decoding import beam, stream
 from lm.decoding import score as scoring
 from lm.errors import UserError
-from lm.finetuning import lora
+from lm.model_dir import eos_ids, load_params
 from lm.models.config import ModelConfig
+from lm.models.quantized import QuantizedTransformer
 from lm.models.transformer import Transformer
 from lm.tokenizers import load_tokenizer
-from lm.sharding import (BATCH_AXES, DEFAULT_RULES, check_divisible, data_parallel_size,
-                         make_mesh, use_mesh)
-from lm.training.state import param_shardings, with_shardings
+from lm.sharding import BATCH_AXES, DEFAULT_RULES, data_parallel_size, make_mesh, use_mesh
 
 
 @dataclasses.dataclass
@@ -334,41 +331,10 @@ def load(model_dir: str, step: int | None = None, mesh_shape=None) -> LoadedMode
   model_dir: written by lm-train or lm-convert (relative paths are fine). mesh_shape:
   (data, fsdp, tensor), default one device; params are sharded as in training.
   """
-  model_dir = os.path.abspath(os.path.expanduser(model_dir))  # Orbax wants absolute paths
-  path = os.path.join(model_dir, "model.json")
-  if not os.path.exists(path):
-    raise UserError(f"{model_dir} is not an lm model directory (no model.json)")
-  with open(path) as f:
-    saved = json.load(f)
-  config = ModelConfig(**saved["model"])
   mesh = _resolve_mesh(mesh_shape)
-  check_divisible(mesh, data_parallel_size(mesh), config.num_heads, config.kv_heads)
-  module = None
-  if saved.get("quantization"):  # lm-quantize: the weights stay quantized (lm.compression)
-    from lm.compression import quantize
-    module = quantize.QuantizedTransformer(config)
-    abstract = quantize.abstract_quantized(config, quantize.check_meta(saved["quantization"]),
-                                           mesh)
-  else:
-    abstract = with_shardings(*param_shardings(Transformer(config), mesh, seq_len=1))
-  try:
-    params = lora.restore_params(model_dir, step, abstract)  # a LoRA run: base + adapters
-  except FileNotFoundError as e:
-    raise UserError(str(e)) from None
+  saved, config, params = load_params(model_dir, step, mesh)
+  # lm-quantize dirs: the weights stay quantized (lm.models.quantized)
+  module = QuantizedTransformer(config) if saved.get("quantization") else None
   tokenizer = load_tokenizer(model_dir)
   return LoadedModel(config=config, params=params, task=saved.get("task"), tokenizer=tokenizer,
-                     mesh=mesh, eos_ids=_eos_ids(model_dir, tokenizer), module=module)
-
-
-def _eos_ids(model_dir: str, tokenizer) -> tuple[int, ...]:
-  """The ids that end generation: the tokenizer's EOS and an import's generation_config.json
-  eos_token_id (an int or a list, e.g. Llama 3's end-of-turn ids)."""
-  ids = [] if tokenizer is None or tokenizer.eos_id is None else [tokenizer.eos_id]
-  path = os.path.join(model_dir, "generation_config.json")  # written by lm-convert imports
-  if os.path.exists(path):
-    with open(path) as f:
-      eos = json.load(f).get("eos_token_id")
-    ids += eos if isinstance(eos, list) else [] if eos is None else [eos]
-  return tuple(sorted(set(map(int, ids))))
-
-
+                     mesh=mesh, eos_ids=eos_ids(model_dir, tokenizer), module=module)

@@ -1,4 +1,5 @@
-"""JSON-lines files read with one clear error per problem: the file, the line, the reason."""
+"""JSON files: JSON-lines read with one clear error per problem (the file, the line, the
+reason), and whole JSON files read (None when absent) and written."""
 import gzip
 import json
 import os
@@ -30,3 +31,17 @@ def read_jsonl(path: str, missing: str | None = None) -> list[tuple[int, object]
       except json.JSONDecodeError as e:
         raise UserError(f"{path}:{n}: not JSON ({e.msg})") from None
   return records
+
+
+def read_json(path: str) -> dict | None:
+  """The JSON value in `path`, or None if there is no such file."""
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def write_json(path: str, value):
+  """Writes `value` to `path` as indented JSON (UTF-8, non-ASCII kept)."""
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(value, f, indent=2, ensure_ascii=False)

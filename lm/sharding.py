@@ -1,14 +1,17 @@
-"""Device mesh (data, fsdp, tensor) and the logical-axis rules that map names onto it.
+"""Device mesh (data, fsdp, tensor), the logical-axis rules that map names onto it, and the
+params' NamedShardings derived from them (training, inference, LoRA and quantization share these).
 
 Parameters and activations name their dimensions (`batch`, `embed`, `heads`, ...); the rules
 below are the only place that says which mesh axis shards which name.
 """
+import functools
 import math
 from typing import Sequence
 
 import flax.linen as nn
 import gin
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -110,3 +113,28 @@ def global_batch(mesh: Mesh, local_batch: dict[str, np.ndarray]) -> dict[str, ja
   """This process's rows of the batch -> global jax.Arrays sharded over the batch axes."""
   sharding = batch_sharding(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
+
+
+def init_params(model: nn.Module, rng, seq_len: int):
+  """The model's boxed params (logical axis names kept) for tokens of length seq_len."""
+  return model.init(rng, jnp.zeros((1, seq_len), jnp.int32))["params"]
+
+
+def param_shardings(model: nn.Module, mesh: Mesh, seq_len: int, rules=DEFAULT_RULES):
+  """(abstract params, their NamedShardings), computed without allocating any weights."""
+  boxed = jax.eval_shape(functools.partial(init_params, model, seq_len=seq_len),
+                         jax.random.PRNGKey(0))
+  shardings = logical_sharding(mesh, nn.get_partition_spec(boxed), rules)
+  return _strip_boxes(boxed), shardings
+
+
+def _strip_boxes(tree):
+  """Drops the axis-name boxes without applying sharding constraints (shapes only here)."""
+  is_box = lambda x: isinstance(x, nn.Partitioned)
+  return jax.tree.map(lambda x: x.value if is_box(x) else x, tree, is_leaf=is_box)
+
+
+def with_shardings(shapes, shardings):
+  """ShapeDtypeStructs carrying target shardings: where Orbax puts each restored array."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      shapes, shardings)

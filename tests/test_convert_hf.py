@@ -21,12 +21,11 @@ from lm.cli import convert  # noqa: E402
 from lm.convert import hf_dirs  # noqa: E402
 from lm.errors import UserError  # noqa: E402
 from lm.models.transformer import Transformer  # noqa: E402
-from lm.sharding import DEFAULT_RULES, make_mesh, use_mesh  # noqa: E402
+from lm.sharding import DEFAULT_RULES, make_mesh, param_shardings, use_mesh  # noqa: E402
 from lm.training import loop  # noqa: E402
 from lm.training.optimizers import OptimizerConfig  # noqa: E402
-from lm.training.state import param_shardings  # noqa: E402
 from lm import tokenizers  # noqa: E402
-from lm.training import checkpoints  # noqa: E402
+from lm import model_dir  # noqa: E402
 from test_tokenizers import CHAT, TEXTS, hf_tokenizer  # noqa: E402
 
 VOCAB, TOL = 96, 1e-4
@@ -201,7 +200,7 @@ def test_failed_import_leaves_nothing(hf_models, tmp_path, monkeypatch):
   """Issue 8.1: an import that fails while writing leaves no half-made directory."""
   def fail(*args, **kwargs):
     raise OSError("disk full")
-  monkeypatch.setattr(checkpoints, "save_params", fail)
+  monkeypatch.setattr(model_dir, "save_params", fail)
   with pytest.raises(OSError, match="disk full"):
     hf_dirs.import_hf(hf_models["gpt2"][0], str(tmp_path / "new" / "lm"))
   assert os.listdir(tmp_path) == []

@@ -14,8 +14,7 @@ from lm.decoding.stream import stream_ids
 from lm.errors import UserError
 from lm.models.config import ModelConfig
 from lm.models.transformer import Transformer
-from lm.sharding import make_mesh
-from lm.training.state import param_shardings
+from lm.sharding import make_mesh, param_shardings
 from test_decoding import _params
 
 LOGITS_V = np.asarray([2.0, 1.6, 1.1, 0.9, 0.5, 0.2, -0.1, -0.5, -1.0, -2.0], np.float32)

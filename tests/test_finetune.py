@@ -8,7 +8,7 @@ import pytest
 
 from conftest import REPO
 from lm.cli import train
-from lm.training import checkpoints
+from lm.model_dir import read_params
 from test_cli import _fails, _snapshot
 
 FINETUNE = [f"--gin_file={REPO}/gin_configs/runs/finetune.gin", "--gin.SEQ_LEN=32",
@@ -28,8 +28,8 @@ def test_finetune_starts_from_the_source_at_step_0_and_never_writes_it(trained_r
   rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
   assert [r["step"] for r in rows if "train/loss" in r] == [1, 2, 3]  # counter from 0, not 40
   assert os.listdir(os.path.join(out, "checkpoints")) == ["3"]
-  source = checkpoints.restore_params(os.path.join(trained_run, "checkpoints"))
-  tuned = checkpoints.restore_params(os.path.join(out, "checkpoints"))
+  source = read_params(os.path.join(trained_run, "checkpoints"))
+  tuned = read_params(os.path.join(out, "checkpoints"))
   assert jax.tree.structure(source) == jax.tree.structure(tuned)
   for a, b in zip(jax.tree.leaves(source), jax.tree.leaves(tuned)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

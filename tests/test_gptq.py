@@ -12,7 +12,8 @@ import pytest
 import lm
 from lm.api import LoadedModel
 from lm.cli import quantize as quantize_cli
-from lm.compression import gptq, quantize
+from lm.compression import gptq
+from lm.models import quantized
 
 
 def _correlated_inputs(n, i, seed):
@@ -45,7 +46,7 @@ def _row_by_row(w_IO, h_II, bits, group, act_order, clip, damp=0.01):
 
 def _values(leaf):
   q = leaf["q"]
-  return np.asarray(quantize.unpack_int4(jnp.asarray(q)) if q.dtype == np.uint8 else q)
+  return np.asarray(quantized.unpack_int4(jnp.asarray(q)) if q.dtype == np.uint8 else q)
 
 
 @pytest.mark.parametrize("act_order, clip", [(False, False), (True, False), (True, True)])
@@ -77,7 +78,7 @@ def test_uncorrelated_inputs_give_round_to_nearest():
   h = np.diag(np.random.default_rng(3).uniform(0.5, 2.0, size=32))
   for bits, group in ((8, 32), (4, 8)):
     leaf = gptq.gptq_2d(w, h, bits, group, act_order=False, clip=False)
-    rtn = quantize.quantize_2d(jnp.asarray(w), bits, group)
+    rtn = quantized.quantize_2d(jnp.asarray(w), bits, group)
     np.testing.assert_array_equal(leaf["q"], rtn["q"])
     np.testing.assert_allclose(leaf["scale"], rtn["scale"], rtol=1e-6)
 
@@ -86,8 +87,8 @@ def test_gptq_output_error_is_well_below_round_to_nearest():
   x = _correlated_inputs(400, 64, 4)
   w = np.random.default_rng(5).normal(size=(64, 16)).astype(np.float32)
   ours = gptq.gptq_2d(w, x.T @ x, bits=4, group=16)
-  rtn = quantize.quantize_2d(jnp.asarray(w), 4, 16)
-  err = {name: np.sum((x @ (np.asarray(quantize.dequantize_2d(leaf)) - w)) ** 2)
+  rtn = quantized.quantize_2d(jnp.asarray(w), 4, 16)
+  err = {name: np.sum((x @ (np.asarray(quantized.dequantize_2d(leaf)) - w)) ** 2)
          for name, leaf in (("gptq", ours), ("rtn", rtn))}
   assert err["gptq"] < 0.7 * err["rtn"], err  # 0.54 here (0.62 without act-order and clipping)
 
@@ -107,12 +108,12 @@ def test_lm_quantize_gptq_dir_runs_as_its_dequantized_weights(trained_run, tmp_p
         "calibration_task": f"ppl:{calib}"}
   q = lm.load(out)
   assert q.params["layer_0"]["mlp"]["wi"]["kernel"]["q"].dtype == jnp.uint8
-  deq = LoadedModel(config=q.config, params=quantize.dequantize_params(q.params, q.config),
+  deq = LoadedModel(config=q.config, params=quantized.dequantize_params(q.params, q.config),
                     tokenizer=q.tokenizer)
   np.testing.assert_allclose(q.score_rolling(["ROMEO:"]), deq.score_rolling(["ROMEO:"]),
                              rtol=1e-5)
   # the GPTQ weights differ from round-to-nearest's (the calibration moved them)
-  rtn = quantize.quantize_params(lm.load(trained_run).params, q.config, "int4", 16)
+  rtn = quantized.quantize_params(lm.load(trained_run).params, q.config, "int4", 16)
   assert not np.array_equal(q.params["layer_0"]["mlp"]["wi"]["kernel"]["q"],
                             rtn["layer_0"]["mlp"]["wi"]["kernel"]["q"])
 

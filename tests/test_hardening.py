@@ -24,6 +24,7 @@ from lm.cli import train
 from lm.errors import UserError
 from lm.models.transformer import Transformer
 from lm.sharding import DEFAULT_RULES, batch_sharding, global_batch, use_mesh
+from lm.model_dir import latest_step, read_params
 from lm.training import checkpoints, loop
 from lm.training.guards import NonFiniteError, NonFiniteGuard
 from lm.training.optimizers import OptimizerConfig, make_optimizer
@@ -144,7 +145,7 @@ def test_nan_batch_stops_the_run_keeping_the_last_checkpoint(tmp_path):
     _loop(run, log_every=3, nan_steps=(5,))
   assert _ckpts(run) == [2, 4]
   assert [r["step"] for r in _rows(run)] == [3]  # the window holding step 5 was not logged
-  assert checkpoints.latest_step(str(run / "checkpoints")) == 4
+  assert latest_step(str(run / "checkpoints")) == 4
 
 
 def test_skip_policy_skips_and_counts(tmp_path):
@@ -154,7 +155,7 @@ def test_skip_policy_skips_and_counts(tmp_path):
   assert [(r["step"], r["train/skipped_steps"]) for r in rows] == [(3, 1), (6, 1)]
   assert all(np.isfinite(r["train/loss"]) and 3 < r["train/loss"] < 6 for r in rows)
   assert _ckpts(run) == [2, 4, 6]
-  params = checkpoints.restore_params(str(run / "checkpoints"))
+  params = read_params(str(run / "checkpoints"))
   assert all(np.isfinite(np.asarray(p)).all() for p in jax.tree.leaves(params))
 
 
@@ -231,7 +232,7 @@ def test_full_disk_while_checkpointing_keeps_earlier_checkpoints(tmp_path, monke
   with pytest.raises(SystemExit) as exit_info:
     train.main(args + ABS_RUN[:-1] + ["--gin.TRAIN_STEPS=2"])
   assert exit_info.value.code == 0
-  params_2 = checkpoints.restore_params(str(run / "checkpoints"))
+  params_2 = read_params(str(run / "checkpoints"))
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
   full = subprocess.run([sys.executable, "-c", _FILE_SIZE_LIMIT] + args + ABS_RUN[:-1]
                         + ["--gin.TRAIN_STEPS=4", "--gin.MESH_SHAPE=(1,1,1)"],
@@ -245,9 +246,9 @@ def test_full_disk_while_checkpointing_keeps_earlier_checkpoints(tmp_path, monke
   assert errors, full.stderr
   assert errors[0].endswith("the complete checkpoints are intact (steps: [2])"), errors[0]
   assert f'File "{REPO}/lm/' not in full.stderr
-  assert checkpoints.latest_step(str(run / "checkpoints")) == 2
+  assert latest_step(str(run / "checkpoints")) == 2
   jax.tree.map(np.testing.assert_array_equal,
-               checkpoints.restore_params(str(run / "checkpoints")), params_2)
+               read_params(str(run / "checkpoints")), params_2)
 
 
 def test_eval_tasks_during_training(trained_run, tmp_path):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import lm
-from lm.convert.model_dirs import write_model_dir
+from lm.model_dir import write_model_dir
 from lm.decoding import beam, generate_ids
 from lm.models.config import ModelConfig
 from lm.models.transformer import Transformer

@@ -130,7 +130,7 @@ def test_a_tuned_run_stops_where_its_turns_end(tmp_path):
   """SFT from a Llama 3 base import (EOS <|end_of_text|>) with the llama3 template: the run
   keeps the import's generation_config.json and adds <|eot_id|>, the token its assistant turns
   were trained to end with, so that lm.load stops there."""
-  from lm.api import _eos_ids
+  from lm.model_dir import eos_ids
   from lm.models.config import ModelConfig
   from lm.tokenizers import load_tokenizer
   from lm.training.optimizers import OptimizerConfig
@@ -146,7 +146,7 @@ def test_a_tuned_run_stops_where_its_turns_end(tmp_path):
                   run_settings(cfg, OptimizerConfig(), 1), 1, None)
   with open(os.path.join(run, "generation_config.json")) as f:
     assert json.load(f) == {"bos_token_id": 0, "eos_token_id": [1, 2], "temperature": 0.6}
-  assert _eos_ids(run, load_tokenizer(run)) == (1, 2)  # <|end_of_text|>, <|eot_id|>
+  assert eos_ids(run, load_tokenizer(run)) == (1, 2)  # <|end_of_text|>, <|eot_id|>
 
 
 def test_model_template_of_an_hf_import(tmp_path):

@@ -15,15 +15,14 @@ import lm
 from conftest import REPO
 from lm.cli import convert, train
 from lm.cli import prune as prune_cli
-from lm.compression.kernels import get_path
+from lm.models.kernels import get_path
 from lm.errors import UserError
-from lm.finetuning.lora import Adapters, LoraConfig, merge
+from lm.model_dir import read_params
+from lm.models.lora import Adapters, LoraConfig, merge
 from lm.models.config import ModelConfig
 from lm.models.layers import DenseGeneral
 from lm.models.transformer import Transformer
-from lm.sharding import make_mesh
-from lm.training import checkpoints
-from lm.training.state import param_shardings
+from lm.sharding import make_mesh, param_shardings
 from test_cli import _fails, _snapshot
 
 NANO = dict(vocab_size=68, d_model=32, num_layers=2, num_heads=4, mlp_dim=64, max_len=32)
@@ -138,7 +137,7 @@ def _train(run, base, *extra):
 
 
 def _adapters(run, step=None):
-  return checkpoints.restore_params(os.path.join(run, "checkpoints"), step)
+  return read_params(os.path.join(run, "checkpoints"), step)
 
 
 def test_lora_run_trains_adapters_only_and_never_moves_the_base(lora_run, trained_run):

@@ -15,7 +15,7 @@ from conftest import NANO_RUN, REPO
 from lm.cli import prune as prune_cli
 from lm.cli import train as train_cli
 from lm.compression import calibration, masks, prune
-from lm.compression.kernels import get_path
+from lm.models.kernels import get_path
 from lm.models.config import ModelConfig
 from lm.models.transformer import Transformer
 

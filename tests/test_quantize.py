@@ -14,7 +14,8 @@ import lm
 from lm.api import LoadedModel
 from lm.cli import quantize as quantize_cli
 from lm.compression import quantize
-from lm.compression.kernels import find_kernels, get_path
+from lm.models import quantized
+from lm.models.kernels import find_kernels, get_path
 from lm.models.config import ModelConfig
 from lm.models.transformer import Transformer
 from test_cli import _snapshot
@@ -24,7 +25,7 @@ PROMPTS = ["ROMEO:", "Th", "KING HENRY"]
 
 def test_int8_scale_and_values_by_hand():
   w = np.array([[1.27, 0.2], [-0.5, -0.4], [0.004, 0.1]], np.float32)  # [I=3, O=2]
-  out = quantize.quantize_2d(jnp.asarray(w), bits=8, group=3)
+  out = quantized.quantize_2d(jnp.asarray(w), bits=8, group=3)
   np.testing.assert_allclose(out["scale"], [[0.01, 0.4 / 127]], rtol=1e-6)
   np.testing.assert_array_equal(out["q"], [[127, 64], [-50, -127], [0, 32]])
   assert out["q"].dtype == jnp.int8
@@ -33,29 +34,29 @@ def test_int8_scale_and_values_by_hand():
 def test_int8_and_int4_errors_are_at_most_half_a_step():
   w = np.random.default_rng(0).normal(size=(2, 12, 5)).astype(np.float32)  # [layers, I, O]
   for bits, group in ((8, 12), (4, 4)):
-    leaf = quantize.quantize_2d(jnp.asarray(w), bits, group)
+    leaf = quantized.quantize_2d(jnp.asarray(w), bits, group)
     groups = w.reshape(2, 12 // group, group, 5)
     scale = np.abs(groups).max(axis=2) / (127 if bits == 8 else 7)
     np.testing.assert_allclose(leaf["scale"], scale, rtol=1e-6)
-    err = np.abs(np.asarray(quantize.dequantize_2d(leaf)) - w).reshape(groups.shape)
+    err = np.abs(np.asarray(quantized.dequantize_2d(leaf)) - w).reshape(groups.shape)
     assert (err <= scale[:, :, None, :] / 2 + 1e-6).all()
     assert err.max() > 0  # it is lossy
 
 
 def test_int4_packing_round_trip_and_layout():
   q = np.random.default_rng(1).integers(-8, 8, size=(3, 10, 7)).astype(np.int8)
-  packed = quantize.pack_int4(jnp.asarray(q))
+  packed = quantized.pack_int4(jnp.asarray(q))
   assert packed.dtype == jnp.uint8 and packed.shape == (3, 5, 7)
-  np.testing.assert_array_equal(quantize.unpack_int4(packed), q)
+  np.testing.assert_array_equal(quantized.unpack_int4(packed), q)
   # row 2j in the low nibble, row 2j+1 in the high one, each stored as value + 8
-  np.testing.assert_array_equal(quantize.pack_int4(jnp.array([[-8], [7]], jnp.int8)), [[240]])
-  np.testing.assert_array_equal(quantize.pack_int4(jnp.array([[1], [-1]], jnp.int8)), [[7 * 16 + 9]])
+  np.testing.assert_array_equal(quantized.pack_int4(jnp.array([[-8], [7]], jnp.int8)), [[240]])
+  np.testing.assert_array_equal(quantized.pack_int4(jnp.array([[1], [-1]], jnp.int8)), [[7 * 16 + 9]])
 
 
 def test_int4_group_is_the_largest_divisor_within_group_size():
-  assert quantize.group_for(576, 4, 128) == 96
-  assert quantize.group_for(1536, 4, 128) == 128
-  assert quantize.group_for(576, 8, 128) == 576
+  assert quantized.group_for(576, 4, 128) == 96
+  assert quantized.group_for(1536, 4, 128) == 128
+  assert quantized.group_for(576, 8, 128) == 576
 
 
 def test_scanned_layers_round_trip_within_the_bound():
@@ -63,8 +64,8 @@ def test_scanned_layers_round_trip_within_the_bound():
                     scan_layers=True, tie_embeddings=False, activation="swiglu", max_len=16)
   params = nn.meta.unbox(Transformer(cfg).init(jax.random.PRNGKey(0),
                                                jnp.zeros((1, 4), jnp.int32))["params"])
-  qparams = jax.jit(lambda p: quantize.quantize_params(p, cfg, "int8"))(params)
-  back = jax.jit(lambda p: quantize.dequantize_params(p, cfg))(qparams)
+  qparams = jax.jit(lambda p: quantized.quantize_params(p, cfg, "int8"))(params)
+  back = jax.jit(lambda p: quantized.dequantize_params(p, cfg))(qparams)
   names = {k.name for k in find_kernels(cfg)}
   assert {"layers/attn/out/kernel", "layers/mlp/wi_gate/kernel", "unembed/kernel",
           "embed/embedding", "pos_embed/embedding"} <= names
@@ -77,7 +78,7 @@ def test_scanned_layers_round_trip_within_the_bound():
   # the quantized forward (integer dots, scanned slices, untied unembed) = the dequantized one
   tokens = jnp.array([[3, 1, 4, 1, 5, 9, 2, 6]])
   np.testing.assert_allclose(
-      jax.jit(quantize.QuantizedTransformer(cfg).apply)({"params": qparams}, tokens),
+      jax.jit(quantized.QuantizedTransformer(cfg).apply)({"params": qparams}, tokens),
       jax.jit(Transformer(cfg).apply)({"params": back}, tokens), rtol=1e-4, atol=1e-5)
 
 
@@ -111,7 +112,7 @@ def test_quantized_dir_decodes_as_its_dequantized_weights(quantized_dirs, traine
       k.in_size * k.out_size * (4 - per_weight - 4 / rows(k.in_size))
       for k in find_kernels(q.config))
   assert quantize.param_bytes(q.params) == expected
-  deq = LoadedModel(config=q.config, params=quantize.dequantize_params(q.params, q.config),
+  deq = LoadedModel(config=q.config, params=quantized.dequantize_params(q.params, q.config),
                     tokenizer=q.tokenizer)
   assert q.generate(PROMPTS, max_new_tokens=12) == deq.generate(PROMPTS, max_new_tokens=12)
   np.testing.assert_allclose(q.score_rolling(PROMPTS), deq.score_rolling(PROMPTS), rtol=1e-5)
@@ -145,7 +146,7 @@ def test_skip_unembed_of_a_tied_model_is_its_token_table(trained_run, tmp_path):
   its output projection) keeps that table in float instead of failing."""
   base = dict(vocab_size=68, d_model=32, num_layers=2, num_heads=4, mlp_dim=64, max_len=32)
   names = lambda cfg, skip: {k.name for k in find_kernels(cfg)} - {
-      k.name for k in quantize.selected_kernels(cfg, 8, skip)}
+      k.name for k in quantized.selected_kernels(cfg, 8, skip)}
   tied, untied = ModelConfig(**base), ModelConfig(**base, tie_embeddings=False)
   assert names(tied, ["unembed"]) == {"embed/embedding"}
   assert names(untied, ["unembed"]) == {"unembed/kernel"}

@@ -140,10 +140,10 @@ def _main(argv):
   check_options(tasks, **options)
   for name in tasks:
     get_task(name)
-  from lm.training import checkpoints
+  from lm.model_dir import CHECKPOINTS, absolute, latest_step
   step = args.step
   if step is None:
-    step = checkpoints.latest_step(os.path.join(os.path.abspath(args.model_dir), "checkpoints"))
+    step = latest_step(os.path.join(absolute(args.model_dir), CHECKPOINTS))
   path = os.path.join(args.model_dir, "eval", f"step_{step}.json")
   _read_report(path)
   if not args.no_compilation_cache:

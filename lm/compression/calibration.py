@@ -16,9 +16,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 from lm.errors import UserError
 from lm.models.layers import DenseGeneral, Embed
+from lm.models.scanned import stack_layers, unstack_layers
 from lm.models.transformer import Transformer
 
 
@@ -50,11 +52,7 @@ def _unscanned(cfg, params):
   """(cfg, params) with scanned layers unstacked into layer_0..layer_{L-1}."""
   if not cfg.scan_layers:
     return cfg, params
-  params = dict(params)
-  stacked = params.pop("layers")
-  for i in range(cfg.num_layers):
-    params[f"layer_{i}"] = jax.tree.map(lambda x, i=i: x[i], stacked)
-  return dataclasses.replace(cfg, scan_layers=False), params
+  return dataclasses.replace(cfg, scan_layers=False), unstack_layers(params, cfg.num_layers)
 
 
 def _stat(x_NI, gram: bool):
@@ -95,7 +93,8 @@ def input_stats(cfg, params, tokens_RL: np.ndarray, gram: bool = False,
     total = sums if total is None else jax.tree.map(jnp.add, total, sums)
   out = {path: np.asarray(value) for path, value in total.items()}
   if cfg.scan_layers:  # restack layer_i/... as layers/... [L, ...]
-    names = {p[1:] for p in out if p[0].startswith("layer_")}
-    out.update({("layers",) + n: np.stack([out[(f"layer_{i}",) + n]
-                                           for i in range(cfg.num_layers)]) for n in names})
+    per_layer = traverse_util.unflatten_dict({p: v for p, v in out.items()
+                                              if p[0].startswith("layer_")})
+    out.update(traverse_util.flatten_dict(
+        {"layers": stack_layers(per_layer, cfg.num_layers)["layers"]}))
   return out

@@ -7,7 +7,7 @@ are quantized in order; after row i, the remaining rows absorb its error through
 Cholesky factor U of H^-1 (dampened by 1 % of mean(diag H)):
   W[j] -= U[i, j] / U[i, i] * (W[i] - Q[i])   for j > i,
 which minimises ||X W - X Q||^2 row by row (the OBS update). Scales are those of round-to-
-nearest's format (lm.compression.quantize: symmetric, one scale per output column of each
+nearest's format (lm.models.quantized: symmetric, one scale per output column of each
 group of consecutive input rows). By default rows go in order of decreasing H diagonal
 (act-order: the most active inputs first, while the most rows remain to absorb their error),
 so each group's scale is fixed beforehand from the float weights (static groups), chosen
@@ -18,8 +18,8 @@ the same result, fewer passes over W.
 """
 import numpy as np
 
-from lm.compression import quantize
-from lm.compression.kernels import get_path, set_path
+from lm.models import quantized
+from lm.models.kernels import get_path, set_path
 
 
 def _upper_cholesky_of_inverse(h_II: np.ndarray, damp: float) -> np.ndarray:
@@ -52,7 +52,7 @@ def gptq_2d(w_IO: np.ndarray, h_II: np.ndarray, bits: int, group: int, damp: flo
   act_order: quantize rows by decreasing H diagonal (the most active inputs first), with each
   group's scales then taken from the float weights before any update (static groups, so the
   stored layout is unchanged); clip: choose each scale by _group_scales' error search."""
-  qmax = quantize.QMAX[bits]
+  qmax = quantized.QMAX[bits]
   w = np.array(w_IO, np.float64)
   h = np.array(h_II, np.float64)
   dead = np.diag(h) == 0  # inputs that were always zero: any value is exact, use 0
@@ -82,19 +82,19 @@ def gptq_2d(w_IO: np.ndarray, h_II: np.ndarray, bits: int, group: int, damp: flo
       err[i - b0] = (w[i] - q[row] * scale) / u[i, i]
       w[i + 1:b1] -= np.outer(u[i, i + 1:b1], err[i - b0])
     w[b1:] -= u[b0:b1, b1:].T @ err
-  return {"q": np.asarray(quantize.pack_int4(q)) if bits == 4 else q, "scale": scales}
+  return {"q": np.asarray(quantized.pack_int4(q)) if bits == 4 else q, "scale": scales}
 
 
 def gptq_params(params, cfg, scheme: str, group_size: int, skip, grams: dict):
-  """quantize.quantize_params with GPTQ for every selected matrix that has calibration
+  """quantized.quantize_params with GPTQ for every selected matrix that has calibration
   statistics in `grams` ({kernel path: [(layers,) I, I]}, calibration.input_stats(gram=True));
   the others (embedding tables that are only looked up) are rounded to nearest."""
-  bits = quantize.SCHEMES[scheme]
-  for k in quantize.selected_kernels(cfg, bits, skip):
+  bits = quantized.SCHEMES[scheme]
+  for k in quantized.selected_kernels(cfg, bits, skip):
     w_IO = np.asarray(k.as_2d(get_path(params, k.path)), np.float32)
-    group = quantize.group_for(k.in_size, bits, group_size)
+    group = quantized.group_for(k.in_size, bits, group_size)
     if k.path not in grams:
-      leaf = quantize.quantize_2d(w_IO, bits, group)
+      leaf = quantized.quantize_2d(w_IO, bits, group)
     elif k.lead:  # scanned layers: one matrix per layer
       per_layer = [gptq_2d(w, h, bits, group) for w, h in zip(w_IO, grams[k.path])]
       leaf = {name: np.stack([x[name] for x in per_layer]) for name in ("q", "scale")}

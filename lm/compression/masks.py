@@ -6,13 +6,11 @@ weight decay (lr * wd * w, zero at w = 0) never move them. Holding no state of i
 wrapper keeps the optimizer state and checkpoints as they are, and a resumed run, whose
 zeros were restored with the params, keeps the same masks.
 """
-import os
-
 import jax
 import jax.numpy as jnp
 import optax
 
-from lm.convert.model_dirs import MODEL_JSON, read_json
+from lm.model_dir import pruned_kernels
 
 
 def keep_zeros(tx: optax.GradientTransformation, paths) -> optax.GradientTransformation:
@@ -32,12 +30,6 @@ def keep_zeros(tx: optax.GradientTransformation, paths) -> optax.GradientTransfo
     return mask(updates, params), state
 
   return optax.GradientTransformation(tx.init, update)
-
-
-def pruned_kernels(model_dir: str) -> list[tuple[str, ...]]:
-  """The kernel paths an lm-prune directory lists in model.json ([] for any other dir)."""
-  saved = read_json(os.path.join(os.path.abspath(model_dir), MODEL_JSON)) or {}
-  return [tuple(name.split("/")) for name in (saved.get("pruning") or {}).get("kernels", [])]
 
 
 def keep_pruned(tx: optax.GradientTransformation, init_from: str | None):

@@ -11,7 +11,7 @@ Ties go to the earlier index, so the counts are exact. Scanned layers are pruned
 """
 import numpy as np
 
-from lm.compression.kernels import Kernel, find_kernels, get_path, set_path
+from lm.models.kernels import Kernel, find_kernels, get_path, set_path
 from lm.errors import UserError
 
 PATTERNS = ("unstructured", "2:4")
@@ -90,7 +90,7 @@ def prune_dir(model_dir: str, out_dir: str, sparsity: float, pattern: str,
   Returns {kernel name: fraction of zeros}."""
   from lm.compression.calibration import calibration_tokens, input_stats
   from lm.compression.dirs import load_float
-  from lm.convert.model_dirs import check_new_dir, save_model_dir
+  from lm.model_dir import check_new_dir, save_model_dir
   check_args(sparsity, pattern, method)
   if method == "wanda" and not calibration_task:
     raise UserError("--method wanda needs --calibration_task (ppl:FILES or seqio:TASK)")

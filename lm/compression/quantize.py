@@ -1,237 +1,21 @@
-"""Post-training weight quantization: symmetric int8 per output channel, int4 in groups.
-
-Every matrix (lm.compression.kernels: dense kernels and embedding tables, minus `skip`) is
-viewed as W [(layers,) I, O] and stored as {"q": ..., "scale": ...}:
-  int8: q int8 [(L,) I, O], scale float32 [(L,) 1, O] = max_i |W[i, o]| / 127;
-  int4: q uint8 [(L,) I/2, O], two values per byte (row 2j in the low nibble, 2j+1 in the high,
-        each stored as q + 8), scale float32 [(L,) I/G, O] = max |W| / 7 over each group of G
-        consecutive input rows (G: the largest divisor of I not above group_size).
-W ~= q * scale; rounding to nearest keeps |W - q * scale| <= scale / 2. Norm scales, biases
-and the relative-position table stay in float.
-
-A quantized directory's model.json carries {"quantization": {...}}; `lm.load` then keeps the
-quantized tree (sharded like the original: a matrix's input and output dimensions keep their
-mesh axes where the sizes divide) and runs `QuantizedTransformer`, whose dense layers multiply
-activations by the integer weights and scale the outputs: no float copy of the weights is made.
-"""
-import dataclasses
+"""lm-quantize: a model directory -> its quantized copy (lm.models.quantized's format), rounded
+to nearest (rtn) or by GPTQ on calibration text (lm.compression.gptq)."""
 import functools
-import math
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
-from jax.sharding import NamedSharding, PartitionSpec as P
 
-from lm.compression.kernels import Kernel, find_kernels, get_path, set_path
+from lm.compression.calibration import calibration_tokens, input_stats
+from lm.compression.dirs import load_float
+from lm.compression.gptq import gptq_params
 from lm.errors import UserError
-from lm.models.config import ModelConfig
-from lm.models.layers import DenseGeneral, Embed
-from lm.models.transformer import Transformer
-
-SCHEMES = {"int8": 8, "int4": 4}
-QMAX = {8: 127, 4: 7}
-
-
-def group_for(in_size: int, bits: int, group_size: int) -> int:
-  """Rows per scale: all of I for int8; for int4 the largest divisor of I <= group_size."""
-  if bits == 8:
-    return in_size
-  return max(d for d in range(1, min(group_size, in_size) + 1) if in_size % d == 0)
-
-
-def pack_int4(q):
-  """int8 values in [-8, 7], [..., I, O] with I even -> uint8 [..., I/2, O]."""
-  u = (q.astype(jnp.int32) + 8).astype(jnp.uint8)
-  return u[..., 0::2, :] | (u[..., 1::2, :] << 4)
-
-
-def unpack_int4(packed):
-  """Inverse of pack_int4: uint8 [..., I/2, O] -> int8 [..., I, O]."""
-  lo = (packed & 15).astype(jnp.int8) - 8
-  hi = (packed >> 4).astype(jnp.int8) - 8
-  both = jnp.stack([lo, hi], axis=-2)  # [..., I/2, 2, O]
-  return both.reshape(packed.shape[:-2] + (2 * packed.shape[-2], packed.shape[-1]))
-
-
-def quantize_2d(w_IO, bits: int, group: int) -> dict:
-  """W [..., I, O] -> {"q", "scale"} (see the module docstring)."""
-  *lead, i, o = w_IO.shape
-  w = w_IO.astype(jnp.float32).reshape(tuple(lead) + (i // group, group, o))
-  qmax = QMAX[bits]
-  scale = jnp.max(jnp.abs(w), axis=-2) / qmax  # [..., I/G, O]
-  safe = jnp.where(scale == 0, 1.0, scale)[..., None, :]
-  q = jnp.clip(jnp.round(w / safe), -qmax, qmax).astype(jnp.int8).reshape(w_IO.shape)
-  return {"q": pack_int4(q) if bits == 4 else q, "scale": scale}
-
-
-def dequantize_2d(leaf: dict, dtype=jnp.float32):
-  """{"q", "scale"} -> W [..., I, O] in `dtype`."""
-  q, scale = leaf["q"], leaf["scale"]
-  if q.dtype == jnp.uint8:
-    q = unpack_int4(q)
-  *lead, i, o = q.shape
-  groups = scale.shape[-2]
-  w = q.reshape(tuple(lead) + (groups, i // groups, o)).astype(jnp.float32)
-  return (w * scale[..., None, :].astype(jnp.float32)).reshape(q.shape).astype(dtype)
-
-
-def is_quantized(leaf) -> bool:
-  return isinstance(leaf, dict) and set(leaf) == {"q", "scale"}
-
-
-def skip_names(k: Kernel, cfg: ModelConfig) -> set[str]:
-  """The `skip` names that leave `k` in float: its path's components, and `unembed` for the
-  token table of a tied model, which is also its output projection."""
-  tied_unembed = cfg.tie_embeddings and k.path == ("embed", "embedding")
-  return set(k.path) | ({"unembed"} if tied_unembed else set())
-
-
-def selected_kernels(cfg: ModelConfig, bits: int, skip=()) -> list[Kernel]:
-  """The matrices a scheme quantizes: all but those `skip` names (skip_names), and, for int4,
-  those with an odd input size, which cannot be packed."""
-  skip = set(skip)
-  return [k for k in find_kernels(cfg) if not skip & skip_names(k, cfg)
-          and (bits == 8 or k.in_size % 2 == 0)]
-
-
-def quantize_params(params, cfg: ModelConfig, scheme: str, group_size: int = 128, skip=()):
-  """A copy of `params` whose selected matrices are {"q", "scale"} dicts."""
-  bits = SCHEMES[scheme]
-  for k in selected_kernels(cfg, bits, skip):
-    w_IO = k.as_2d(get_path(params, k.path))
-    leaf = quantize_2d(w_IO, bits, group_for(k.in_size, bits, group_size))
-    params = set_path(params, k.path, leaf)
-  return params
-
-
-def dequantize_params(qparams, cfg: ModelConfig):
-  """The float params (cfg.weight_dtype) a quantized tree stands for."""
-  for k in find_kernels(cfg):
-    leaf = get_path(qparams, k.path)
-    if is_quantized(leaf):
-      qparams = set_path(qparams, k.path, k.from_2d(dequantize_2d(leaf, cfg.weight_dtype)))
-  return qparams
-
-
-def quantized_matmul(x_NI, leaf: dict, dtype):
-  """x [N, I] @ W [I, O] with W = {"q", "scale"}: integer weights enter the dot as they are
-  and the scales multiply its outputs (per group for int4), so no float W is formed."""
-  q, scale = leaf["q"], leaf["scale"]
-  if q.dtype == jnp.uint8:
-    q = unpack_int4(q)
-  i, o = q.shape
-  groups = scale.shape[0]
-  if groups == 1:
-    y_NO = jax.lax.dot(x_NI, q, preferred_element_type=jnp.float32) * scale[0]
-  else:
-    x_GNg = jnp.swapaxes(x_NI.reshape(-1, groups, i // groups), 0, 1)
-    y_GNO = jax.lax.dot_general(x_GNg, q.reshape(groups, i // groups, o),
-                                (((2,), (1,)), ((0,), (0,))),
-                                preferred_element_type=jnp.float32)
-    y_NO = jnp.einsum("gno,go->no", y_GNO, scale)
-  return y_NO.astype(dtype)
-
-
-def _take_rows(leaf: dict, tokens, dtype):
-  """Rows `tokens` of an embedding table stored as W = table^T: dequantizes those only."""
-  cols = {name: jnp.take(x, tokens.reshape(-1), axis=-1) for name, x in leaf.items()}
-  rows = dequantize_2d(cols, dtype).T
-  return rows.reshape(tokens.shape + (rows.shape[-1],))
-
-
-def _intercept(cfg: ModelConfig, embed_leaf, next_fun, args, kwargs, context):
-  """Runs DenseGeneral and Embed on quantized weights; everything else as usual."""
-  module, method = context.module, context.method_name
-  if isinstance(module, DenseGeneral) and method == "__call__":
-    leaf = module.get_variable("params", "kernel")  # scanned layers: this layer's slice
-    if not is_quantized(leaf):
-      return next_fun(*args, **kwargs)
-    x = args[0]
-    n_in = len(module.in_shape)
-    x_NI = x.reshape(-1, math.prod(module.in_shape)).astype(cfg.compute_dtype)
-    y_NO = quantized_matmul(x_NI, leaf, cfg.compute_dtype)
-    if cfg.use_bias if module.use_bias is None else module.use_bias:
-      y_NO = y_NO + module.get_variable("params", "bias").reshape(-1).astype(cfg.compute_dtype)
-    return y_NO.reshape(x.shape[:x.ndim - n_in] + module.out_shape)
-  if isinstance(module, Embed) and embed_leaf is not None:
-    if method == "__call__":
-      return _take_rows(embed_leaf, args[0], cfg.compute_dtype)
-    if method == "attend":
-      x_BLD = args[0]
-      logits_NV = quantized_matmul(x_BLD.reshape(-1, x_BLD.shape[-1]), embed_leaf,
-                                   cfg.compute_dtype)
-      return logits_NV.reshape(x_BLD.shape[:-1] + (-1,))
-  return next_fun(*args, **kwargs)
-
-
-@dataclasses.dataclass(frozen=True)
-class QuantizedTransformer:
-  """Transformer(cfg) over quantized params: `apply` takes {"params": quantized tree}; inside
-  the caller's jit, dense layers multiply by the integer weights (quantized_matmul) and the
-  token embedding dequantizes only the rows it looks up. Hashable, with `.cfg`, as
-  lm.decoding expects."""
-  cfg: ModelConfig
-
-  def apply(self, variables, *args, **kwargs):
-    cfg, params = self.cfg, variables["params"]
-    embed_leaf = params.get("embed", {}).get("embedding")
-    if is_quantized(embed_leaf):
-      # Embed's methods are intercepted; its table is a placeholder XLA never builds.
-      params = set_path(params, ("embed", "embedding"),
-                        jnp.zeros((cfg.padded_vocab_size, cfg.d_model), cfg.weight_dtype))
-    else:
-      embed_leaf = None
-    pos = params.get("pos_embed", {}).get("embedding")
-    if is_quantized(pos):  # a small table: dequantized whole
-      kernel = next(k for k in find_kernels(cfg) if k.path == ("pos_embed", "embedding"))
-      params = set_path(params, kernel.path, kernel.from_2d(dequantize_2d(pos,
-                                                                          cfg.weight_dtype)))
-    intercept = functools.partial(_intercept, cfg, embed_leaf)
-    with nn.intercept_methods(intercept):
-      return Transformer(cfg).apply({**variables, "params": params}, *args, **kwargs)
+from lm.model_dir import check_new_dir, save_model_dir
+from lm.models.kernels import find_kernels
+from lm.models.quantized import SCHEMES, quantize_params, selected_kernels, skip_names
 
 
 def param_bytes(params) -> int:
   """Bytes of every array in a param tree (quantized or not)."""
   return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
-
-
-def _fit(spec: tuple, shape: tuple, mesh) -> P:
-  """A PartitionSpec whose entries are dropped where the mesh axes do not divide the size."""
-  def size(entry):
-    names = entry if isinstance(entry, tuple) else (entry,)
-    return math.prod(mesh.shape[n] for n in names)
-  return P(*(e if e is None or n % size(e) == 0 else None for e, n in zip(spec, shape)))
-
-
-def abstract_quantized(cfg: ModelConfig, meta: dict, mesh):
-  """The quantized tree's ShapeDtypeStructs, each carrying its sharding on `mesh` (what a
-  restore needs). meta: model.json's "quantization" entry."""
-  from lm.training.state import param_shardings  # training imports stay out of the math
-  abstract, shardings = param_shardings(Transformer(cfg), mesh, seq_len=1)
-  qabstract = jax.eval_shape(functools.partial(
-      quantize_params, cfg=cfg, scheme=meta["scheme"], group_size=meta["group_size"],
-      skip=tuple(meta["skip"])), abstract)
-  out = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                     abstract, shardings)
-  for k in find_kernels(cfg):
-    leaf = get_path(qabstract, k.path)
-    if not is_quantized(leaf):
-      continue
-    spec = k.spec_2d(get_path(shardings, k.path).spec)
-    specs = {"q": spec, "scale": spec[:-2] + (None, spec[-1])}
-    out = set_path(out, k.path, {
-        name: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(
-            mesh, _fit(specs[name], x.shape, mesh))) for name, x in leaf.items()})
-  return out
-
-
-def check_meta(meta: dict) -> dict:
-  """model.json's "quantization" entry, validated."""
-  if meta.get("scheme") not in SCHEMES:
-    raise UserError(f"unknown quantization scheme {meta.get('scheme')!r} in model.json")
-  return meta
 
 
 METHODS = ("rtn", "gptq")
@@ -244,8 +28,6 @@ def quantize_dir(model_dir: str, out_dir: str, scheme: str, group_size: int = 12
   """lm-quantize: writes out_dir, the quantized copy of model_dir's (latest or `step`)
   weights, rounded to nearest (rtn) or by GPTQ on calibration text (lm.compression.gptq);
   returns {"float_bytes", "quantized_bytes", "quantized": [matrix names]}."""
-  from lm.compression.dirs import load_float
-  from lm.convert.model_dirs import check_new_dir, save_model_dir
   if scheme not in SCHEMES:
     raise UserError(f"unknown --scheme {scheme!r} (int8 | int4)")
   if method not in METHODS:
@@ -265,8 +47,6 @@ def quantize_dir(model_dir: str, out_dir: str, scheme: str, group_size: int = 12
     raise UserError(f"--skip {','.join(unknown)}: no matrix path of this model has such a "
                     f"component (e.g. {', '.join(examples)})")
   if method == "gptq":
-    from lm.compression.calibration import calibration_tokens, input_stats
-    from lm.compression.gptq import gptq_params
     tokens = calibration_tokens(model, calibration_task, calibration_rows, calibration_len)
     grams = input_stats(cfg, model.params, tokens, gram=True)
     qparams = gptq_params(model.params, cfg, scheme, group_size, skip, grams)

@@ -18,9 +18,11 @@ import numpy as np
 from lm import tokenizers
 from lm.convert import hf
 from lm.convert.gguf_tokenizer import tokenizer_files
-from lm.convert.model_dirs import GENERATION_CONFIG, absolute, new_dir, write_json, write_model_dir
 from lm.errors import UserError
+from lm.jsonl import write_json
+from lm.model_dir import GENERATION_CONFIG, absolute, new_dir, write_model_dir
 from lm.models.config import ModelConfig
+from lm.models.scanned import stack_layers
 
 _TOP = {"token_embd.weight": "model.embed_tokens.weight",
         "output_norm.weight": "model.norm.weight", "output.weight": "lm_head.weight"}
@@ -116,7 +118,7 @@ def read_gguf(path: str, **overrides) -> tuple[ModelConfig, dict, dict]:
     arrays[_hf_name(name)] = w
   params = hf.params_from_hf(cfg, arrays, cfg.weight_dtype)
   if cfg.scan_layers:
-    params = hf.stack_layers(params, cfg.num_layers)
+    params = stack_layers(params, cfg.num_layers)
   return cfg, params, meta
 
 

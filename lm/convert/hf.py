@@ -1,6 +1,6 @@
 """HF transformers <-> lm: configs and weights of the GPT-2 and Llama families.
 
-Weights are numpy arrays in lm's unscanned layout (layer_0, layer_1, ...); `stack_layers`
+Weights are numpy arrays in lm's unscanned layout (layer_0, layer_1, ...); lm.models.scanned.stack_layers
 turns them into the scan_layers layout. HF Linear weights are [out, in] and GPT-2's Conv1D
 weights are [in, out]; lm kernels are [in..., out...] (e.g. query: [embed, heads, head_dim]).
 
@@ -13,7 +13,6 @@ the two layouts are the same rotation up to it).
 """
 import dataclasses
 
-import jax
 import numpy as np
 
 from lm.errors import UserError
@@ -231,19 +230,3 @@ def params_to_hf(cfg: ModelConfig, params: dict) -> dict[str, np.ndarray]:
       tensors[layer_prefix.format(i) + "attn.c_attn.bias"] = np.concatenate(
           [np_(layer["attn"][n]["bias"]).reshape(d) for n in names])
   return tensors
-
-
-def stack_layers(params: dict, num_layers: int) -> dict:
-  """layer_0..layer_{N-1} -> one `layers` subtree with a leading layer axis (scan_layers)."""
-  layers = [params.pop(f"layer_{i}") for i in range(num_layers)]
-  params["layers"] = jax.tree.map(lambda *xs: np.stack(xs), *layers)
-  return params
-
-
-def unstack_layers(params: dict, num_layers: int) -> dict:
-  """The inverse of stack_layers."""
-  params = dict(params)
-  stacked = params.pop("layers")
-  for i in range(num_layers):
-    params[f"layer_{i}"] = jax.tree.map(lambda x: np.asarray(x[i]), stacked)
-  return params

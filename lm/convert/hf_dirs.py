@@ -3,7 +3,7 @@
 Besides the weights, import copies the HF tokenizer files into MODEL_DIR/tokenizer/ (a
 checkpoint without them imports too: the model then takes token ids only) and keeps the
 special ids (generation_config.json, else config.json's bos/eos/pad ids) in
-MODEL_DIR/generation_config.json; export writes both back. See lm.convert.model_dirs for the
+MODEL_DIR/generation_config.json; export writes both back. See lm.model_dir for the
 directory layout and the all-or-nothing writing.
 """
 import json
@@ -13,11 +13,11 @@ import shutil
 import numpy as np
 
 from lm import tokenizers
-from lm.api import load
 from lm.convert import hf, safetensors_io
-from lm.convert.model_dirs import (GENERATION_CONFIG, absolute, new_dir, read_json, write_json,
-                                   write_model_dir)
 from lm.errors import UserError
+from lm.jsonl import read_json, write_json
+from lm.model_dir import GENERATION_CONFIG, absolute, load_params, new_dir, write_model_dir
+from lm.models.scanned import stack_layers, unstack_layers
 from lm.models.config import ModelConfig
 
 SPECIAL_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
@@ -32,7 +32,7 @@ def read_hf(hf_dir: str, **overrides) -> tuple[ModelConfig, dict]:
     cfg = hf.config_from_hf(json.load(f), **overrides)
   params = hf.params_from_hf(cfg, safetensors_io.read_dir(hf_dir), cfg.weight_dtype)
   if cfg.scan_layers:
-    params = hf.stack_layers(params, cfg.num_layers)
+    params = stack_layers(params, cfg.num_layers)
   return cfg, params
 
 
@@ -84,10 +84,9 @@ def export_hf(model_dir: str, hf_dir: str, step: int | None = None,
   """lm model dir -> HF checkpoint dir that AutoModelForCausalLM.from_pretrained (and, where the
   model has an HF tokenizer, AutoTokenizer.from_pretrained) loads."""
   model_dir = absolute(model_dir)
-  loaded = load(model_dir, step)
-  cfg, params = loaded.config, loaded.params
+  _, cfg, params = load_params(model_dir, step)
   if cfg.scan_layers:
-    params = hf.unstack_layers(params, cfg.num_layers)
+    params = unstack_layers(params, cfg.num_layers)
   hf_config = hf.config_to_hf(cfg)
   generation = _special_ids(model_dir)
   hf_config.update({k: generation[k] for k in SPECIAL_IDS if generation.get(k) is not None})

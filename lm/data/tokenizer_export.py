@@ -5,7 +5,7 @@ ids and back without TensorFlow: the character table goes to MODEL_DIR/tokenizer
 a SentencePiece model is copied to MODEL_DIR/tokenizer/spm.model, an HF tokenizer's files
 (lm.data.vocabularies.model_vocabulary) are copied as they are, with the generation_config.json
 of the model directory they come from (its end-of-sequence ids) and the ids that close the
-task's trained turns (lm.finetuning.save_generation_config).
+task's trained turns (lm.model_dir.save_generation_config).
 """
 import json
 import os
@@ -19,7 +19,7 @@ from lm import tokenizers
 from lm.data.instruct import closing_ids
 from lm.data.pipeline import vocabulary
 from lm.data.vocabularies import CharVocabulary, TokenizerVocabulary, base_vocabulary
-from lm.finetuning import save_generation_config
+from lm.model_dir import save_generation_config
 
 
 def save_task_tokenizer(task: str, model_dir: str, start_id: int | None = None) -> str | None:

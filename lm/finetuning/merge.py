@@ -4,10 +4,8 @@ The output is what `lm-convert import-*` writes (model.json, a params-only check
 0, the tokenizer, generation_config.json where the run or its base has one), so `lm.load`,
 `lm-sample`, `lm-eval`, `lm-convert export-hf` and `train.init_from` read it like any other.
 """
-from lm.api import load
-from lm.convert.model_dirs import absolute, check_new_dir, save_model_dir
 from lm.errors import UserError
-from lm.finetuning.lora import read_lora_json
+from lm.model_dir import absolute, check_new_dir, load_params, read_lora_json, save_model_dir
 from lm.models.config import ModelConfig
 
 
@@ -21,6 +19,6 @@ def merge_lora(model_dir: str, out_dir: str, step: int | None = None,
     raise UserError(f"{model_dir} is not a LoRA run (no lora.json)")
   sources = [model_dir, saved["base"]]  # the tokenizer: the run's, else its base's
   check_new_dir(out_dir, overwrite, sources)
-  loaded = load(model_dir, step)
-  save_model_dir(out_dir, loaded.config, loaded.params, sources, loaded.task, overwrite=overwrite)
-  return loaded.config
+  saved, cfg, params = load_params(model_dir, step)
+  save_model_dir(out_dir, cfg, params, sources, saved.get("task"), overwrite=overwrite)
+  return cfg

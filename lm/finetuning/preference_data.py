@@ -31,7 +31,7 @@ import numpy as np
 from lm import tokenizers
 from lm.data import chat_templates  # TF-free
 from lm.errors import UserError
-from lm.finetuning import save_generation_config
+from lm.model_dir import save_generation_config
 from lm.jsonl import read_jsonl
 
 REFERENCE_MODES = ("cached", "online", "none")

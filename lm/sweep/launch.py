@@ -25,6 +25,7 @@ import sys
 import time
 
 from lm.errors import UserError
+from lm.jsonl import read_json
 from lm.sweep import grid, results
 
 SWEEP_JSON = "sweep.json"
@@ -147,7 +148,7 @@ def _stop_with_the_sweep(sweep_pid: int):
 
 def _launch(index: int, run: dict, run_dir: str, env: dict, lock, log) -> dict:
   os.makedirs(run_dir, exist_ok=True)
-  info = results.read_json(os.path.join(run_dir, results.RUN_RECORD)) or {"attempts": []}
+  info = read_json(os.path.join(run_dir, results.RUN_RECORD)) or {"attempts": []}
   info.update(name=run["name"], index=index, point=run["point"], command=run["command"])
   start_step = results.checkpoint_step(run_dir)
   info["attempts"].append({"started": datetime.datetime.now(datetime.timezone.utc).isoformat(

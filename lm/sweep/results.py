@@ -10,17 +10,12 @@ import math
 import os
 import statistics
 
+from lm.jsonl import read_json
+
 RUN_RECORD = "sweep_run.json"  # written by the sweep in each run directory
 TRAIN_LOG = "train.log"
 LOSS_KEYS = ("train/loss", "eval/loss")
 STANDARD_EVAL_KEYS = ("eval/loss", "eval/perplexity")
-
-
-def read_json(path: str) -> dict | None:
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
 
 
 def read_metrics(run_dir: str) -> list[dict]:
@@ -40,7 +35,7 @@ def read_metrics(run_dir: str) -> list[dict]:
 
 def checkpoint_step(run_dir: str) -> int | None:
   """The run's latest complete checkpoint step (None: no checkpoint yet)."""
-  from lm.training.checkpoints import latest_step  # Orbax: only when a run dir has checkpoints
+  from lm.model_dir import latest_step  # Orbax: only when a run dir has checkpoints
   ckpt_dir = os.path.join(run_dir, "checkpoints")
   return latest_step(ckpt_dir) if os.path.isdir(ckpt_dir) else None
 
@@ -109,11 +104,11 @@ def collect(out_dir: str) -> list[dict]:
 
 
 def _params(run_dir: str) -> int | None:
-  saved = read_json(os.path.join(run_dir, "model.json"))
-  if not saved:
+  if not os.path.exists(os.path.join(run_dir, "model.json")):
     return None
-  from lm.models.config import ModelConfig, num_params
-  return num_params(ModelConfig(**saved["model"]))
+  from lm.model_dir import read_config  # JAX: only for finished runs' rows
+  from lm.models.config import num_params
+  return num_params(read_config(run_dir))
 
 
 def write_report(out_dir: str) -> list[dict]:

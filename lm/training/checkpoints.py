@@ -1,10 +1,10 @@
 """Orbax checkpoints: params, optimizer state (with step and RNG) and the data position.
 
-Params are their own item so `lm.load` reads weights without the optimizer state. Orbax
-writes each step into a temporary directory and renames it when complete, so a step that a
-crash left half-written is never listed, let alone restored (the next start deletes such
-temporary directories). Orbax wants absolute paths: every function here takes any path and
-makes it absolute.
+Params are their own item so `lm.load` reads weights without the optimizer state (lm.model_dir
+reads and writes that item alone). Orbax writes each step into a temporary directory and
+renames it when complete, so a step that a crash left half-written is never listed, let alone
+restored (the next start deletes such temporary directories). Orbax wants absolute paths: every
+function here takes any path and makes it absolute.
 
 A save that fails (full disk, unwritable directory) raises CheckpointWriteError; the steps
 saved before stay complete. `restore_newest` skips steps whose files are unreadable (a
@@ -112,38 +112,3 @@ class Checkpointer:
 
 def _first_line(e: Exception) -> str:
   return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-
-
-def latest_step(directory: str) -> int | None:
-  """The latest complete step in `directory`, None if none (or no directory; nothing is created)."""
-  if not os.path.isdir(directory):
-    return None
-  options = ocp.CheckpointManagerOptions(create=False)
-  with ocp.CheckpointManager(os.path.abspath(directory), options=options) as manager:
-    return manager.latest_step()
-
-
-def restore_params(directory: str, step: int | None = None, abstract_params=None):
-  """Just the params of a checkpoint (the latest by default), e.g. for inference.
-
-  Raises FileNotFoundError when `directory` holds no complete checkpoint (creating nothing).
-  """
-  if not os.path.isdir(directory):
-    raise FileNotFoundError(f"no checkpoint directory {directory}")
-  options = ocp.CheckpointManagerOptions(create=False)
-  with ocp.CheckpointManager(os.path.abspath(directory), options=options,
-                             item_names=("params",)) as manager:
-    step = manager.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"no complete checkpoint in {directory}")
-    args = ocp.args.StandardRestore(abstract_params)
-    return manager.restore(step, args=ocp.args.Composite(params=args)).params
-
-
-def save_params(directory: str, params, step: int = 0):
-  """Writes params alone as checkpoint `step` (e.g. imported weights; restore_params reads it)."""
-  options = ocp.CheckpointManagerOptions(create=True)
-  with ocp.CheckpointManager(os.path.abspath(directory), options=options,
-                             item_names=("params",)) as manager:
-    manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)))
-    manager.wait_until_finished()

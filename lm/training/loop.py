@@ -16,16 +16,17 @@ from tqdm import tqdm
 
 from lm.errors import UserError
 from lm.finetuning import lora as lora_lib
+from lm.model_dir import latest_step, restore_params
 from lm.models.config import ModelConfig, flops_per_token
 from lm.models.transformer import Transformer
 from lm.sharding import (DEFAULT_RULES, batch_sharding, check_divisible, check_model_divisible,
-                         global_batch, make_mesh, use_mesh)
+                         global_batch, make_mesh, use_mesh, with_shardings)
 from lm.compression.masks import keep_pruned
 from lm.training import checkpoints
 from lm.training.metrics import MetricsWriter, peak_flops_per_device
 from lm.training.optimizers import OptimizerConfig, make_optimizer, make_schedule
 from lm.training.run_dir import check_resume, run_settings, write_run_files
-from lm.training.state import abstract_state, create_state, state_shardings, with_shardings
+from lm.training.state import abstract_state, create_state, state_shardings
 from lm.training.step import LossConfig, eval_step, train_step
 from lm.training.supervisor import Supervisor
 from lm.training.validate import check_train_config
@@ -123,7 +124,7 @@ def train(model_dir: str, *, model_cfg: ModelConfig = gin.REQUIRED, input_cfg=gi
                                                          mesh, seq_len, rules)
     frozen, frozen_shardings = ((), ()) if base is None else ((base.params,), (base.shardings,))
     ckpt_dir = os.path.join(model_dir, "checkpoints")
-    start = checkpoints.latest_step(ckpt_dir)
+    start = latest_step(ckpt_dir)
     if start is None:
       state = create_state(trained, tx, shardings, seq_len, seed)
       if init_from and base is None:
@@ -289,6 +290,6 @@ def _params_from(model_dir: str, params, shardings):
   abstract = with_shardings(params, shardings)
   model_dir = os.path.abspath(model_dir)
   try:
-    return lora_lib.restore_params(model_dir, abstract_params=abstract)  # LoRA runs: merged
+    return restore_params(model_dir, abstract_params=abstract)  # LoRA runs: merged
   except (FileNotFoundError, ValueError, KeyError) as e:
     raise UserError(f"cannot initialize from {model_dir}: {e}") from None

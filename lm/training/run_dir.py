@@ -13,17 +13,11 @@ import gin
 import jax
 
 from lm.errors import UserError
+from lm.jsonl import read_json
+from lm.model_dir import CHANGEABLE_FIELDS, MODEL_JSON, model_config, write_model_json
 from lm.models.config import ModelConfig
 
-MODEL_JSON = "model.json"
 RUN_JSON = "run.json"
-
-# ModelConfig fields a resumed run may change: they change how a step is computed (memory,
-# activation precision, attention kernel, regularization), not what the checkpoint holds.
-# Everything else (param_dtype and scan_layers included: they change the stored params) must
-# match the saved model.
-RESUMABLE_MODEL_FIELDS = ("remat", "dtype", "attention_backend", "dropout_rate",
-                          "attention_dropout_rate")
 
 
 def run_settings(input_cfg, optimizer_cfg, steps: int) -> dict:
@@ -48,15 +42,15 @@ def check_resume(model_dir: str, model_cfg: ModelConfig, settings: dict) -> str 
   Returns the saved run id, None for a new run directory (or one without run.json, such as an
   lm-convert import).
   """
-  saved_model = _read(os.path.join(model_dir, MODEL_JSON))
+  path = os.path.join(model_dir, MODEL_JSON)
+  saved_model = read_json(path)
   if saved_model is None:
     return None
-  # Fields added since the file was written take their default values.
-  defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
-  model = {k: v for k, v in dataclasses.asdict(model_cfg).items()
-           if k not in RESUMABLE_MODEL_FIELDS}
-  diffs = _diffs("ModelConfig", {**defaults, **saved_model["model"]}, model)
-  run = _read(os.path.join(model_dir, RUN_JSON)) or {}
+  # A resume may change CHANGEABLE_FIELDS only (lm.model_dir: they do not change the weights).
+  saved = dataclasses.asdict(model_config(saved_model["model"], path))
+  model = {k: v for k, v in dataclasses.asdict(model_cfg).items() if k not in CHANGEABLE_FIELDS}
+  diffs = _diffs("ModelConfig", saved, model)
+  run = read_json(os.path.join(model_dir, RUN_JSON)) or {}
   for part in ("input", "optimizer"):
     if part in run:
       diffs += _diffs(part, run[part], settings[part])
@@ -66,13 +60,6 @@ def check_resume(model_dir: str, model_cfg: ModelConfig, settings: dict) -> str 
     raise UserError(f"{model_dir} holds a different run (saved -> configured: "
                     f"{'; '.join(diffs)}){hint}; use a new --model_dir")
   return run.get("run_id")
-
-
-def _read(path: str) -> dict | None:
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
 
 
 def _diffs(prefix: str, saved: dict, configured: dict) -> list[str]:
@@ -97,8 +84,7 @@ def write_run_files(model_dir: str, model_cfg: ModelConfig, task: str | None, se
   _save_tokenizer(task, model_dir, 0 if documents else None)
   with open(os.path.join(model_dir, RUN_JSON), "w") as f:
     json.dump({"run_id": run_id, "train_steps": steps, **settings}, f, indent=1)
-  with open(os.path.join(model_dir, MODEL_JSON), "w") as f:
-    json.dump({"model": dataclasses.asdict(model_cfg), "task": task}, f, indent=1)
+  write_model_json(model_dir, model_cfg, task)
   with open(os.path.join(model_dir, "config.gin"), "w") as f:
     f.write(gin.operative_config_str())
   return run_id

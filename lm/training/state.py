@@ -7,26 +7,8 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from lm.sharding import DEFAULT_RULES, logical_sharding
+from lm.sharding import DEFAULT_RULES, init_params, param_shardings, with_shardings
 from lm.training.step import TrainState
-
-
-def _init_params(model: nn.Module, rng, seq_len: int):
-  return model.init(rng, jnp.zeros((1, seq_len), jnp.int32))["params"]
-
-
-def param_shardings(model: nn.Module, mesh: Mesh, seq_len: int, rules=DEFAULT_RULES):
-  """(abstract params, their NamedShardings), computed without allocating any weights."""
-  boxed = jax.eval_shape(functools.partial(_init_params, model, seq_len=seq_len),
-                         jax.random.PRNGKey(0))
-  shardings = logical_sharding(mesh, nn.get_partition_spec(boxed), rules)
-  return _strip_boxes(boxed), shardings
-
-
-def _strip_boxes(tree):
-  """Drops the axis-name boxes without applying sharding constraints (shapes only here)."""
-  is_box = lambda x: isinstance(x, nn.Partitioned)
-  return jax.tree.map(lambda x: x.value if is_box(x) else x, tree, is_leaf=is_box)
 
 
 def state_shardings(model, tx, mesh: Mesh, seq_len: int, rules=DEFAULT_RULES):
@@ -47,7 +29,7 @@ def create_state(model, tx, shardings: TrainState, seq_len: int, seed: int) -> T
   """Initializes params and optimizer state on their devices (never whole on one host)."""
   def init(rng):
     params_rng, state_rng = jax.random.split(rng)
-    params = nn.meta.unbox(_init_params(model, params_rng, seq_len))
+    params = nn.meta.unbox(init_params(model, params_rng, seq_len))
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                       rng=state_rng)
   return jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(seed))
@@ -57,9 +39,3 @@ def abstract_state(model, tx, shardings: TrainState, seq_len: int) -> TrainState
   """The state's shapes and dtypes, each carrying its target sharding (what a restore needs)."""
   shapes = jax.eval_shape(functools.partial(create_state, model, tx, shardings, seq_len, 0))
   return with_shardings(shapes, shardings)
-
-
-def with_shardings(shapes, shardings):
-  """ShapeDtypeStructs carrying target shardings: where Orbax puts each restored array."""
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                      shapes, shardings)
