@@ -22,7 +22,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from lm import decoding
-from lm.decoding import beam, stream
+from lm.decoding import beam, stops, stream
 from lm.errors import UserError
 from lm.finetuning import lora
 from lm.models.config import ModelConfig
@@ -244,7 +244,7 @@ class LoadedModel:
                                    batch_multiple=self.data_parallel_size, **args)
       rows = next(chunks)
       while True:
-        rows, done = self._apply_stops(rows, stop)
+        rows, done = stops.apply_stops(self.tokenizer, rows, stop)
         yield self._format(rows, text, num_samples, stop)
         try:
           rows = chunks.send(done)
@@ -266,20 +266,9 @@ class LoadedModel:
       raise UserError("chat prompts need the model's tokenizer")
     return [self.encode(self.tokenizer.apply_chat_template(p)) for p in prompts], True
 
-  def _apply_stops(self, rows, stop):
-    """(rows cut after the token completing a stop string, which rows hit one)."""
-    if not stop:
-      return rows, None
-    cut, done = [], []
-    for row in rows:
-      end = _stop_end(self.tokenizer, row, stop)
-      cut.append(row if end is None else row[:end])
-      done.append(end is not None)
-    return cut, done
-
   def _format(self, rows, text: bool, num_samples: int, stop=None):
     if text:
-      rows = [_cut_at_stop(self.tokenizer.decode(r), stop) for r in rows]
+      rows = [stops.cut_at_stop(self.tokenizer.decode(r), stop) for r in rows]
     if num_samples > 1:
       rows = [rows[i:i + num_samples] for i in range(0, len(rows), num_samples)]
     return rows
@@ -313,24 +302,6 @@ def _prompt_kind(prompt) -> str:
 
 def _once(rows):
   yield rows
-
-
-def _cut_at_stop(text: str, stop) -> str:
-  hits = [text.find(s) for s in stop or () if s in text]
-  return text[:min(hits)] if hits else text
-
-
-def _stop_end(tokenizer, row, stop) -> int | None:
-  """Tokens to keep: up to the one whose text completes the first stop string, or None."""
-  text = tokenizer.decode(row)
-  hits = [text.find(s) for s in stop if s in text]
-  if not hits:
-    return None
-  first = min(hits)
-  for end in range(1, len(row) + 1):
-    if any(s in tokenizer.decode(row[:end])[first:] for s in stop):
-      return end
-  return len(row)
 
 
 def _resolve_mesh(mesh_shape) -> jax.sharding.Mesh:

@@ -18,7 +18,7 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from lm_eval.models.utils import normalize_gen_kwargs
 
-from lm.api import _cut_at_stop
+from lm.decoding.stops import cut_at_stop
 from lm.errors import UserError
 
 
@@ -69,7 +69,7 @@ class HarnessLM(LM):
       ids = self._context_ids(context)[-keep:]
       new = self.model.generate([ids], max_new_tokens=max_new, temperature=0.0,
                                 stop=until or None)[0]
-      out.append(_cut_at_stop(self.model.tokenizer.decode(new), until))
+      out.append(cut_at_stop(self.model.tokenizer.decode(new), until))
     return out
 
   def _context_ids(self, context: str) -> list[int]:
