@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 
+from lm.decoding.generate import bucket
 from lm.scoring.forward import Request
 
 # (tokens, positions, segments, prefixes [B, R], at [B, K], at_e, targets [B, E]) ->
@@ -36,11 +37,6 @@ PackedFn = Callable[..., tuple[np.ndarray, np.ndarray]]
 RequestsFn = Callable[[Sequence[Request]], tuple[np.ndarray, np.ndarray]]
 ROW_TOKENS = 128  # a forward pass holds about batch_size x ROW_TOKENS tokens
 MIN_ROW, MIN_SCORED = 128, 16  # smallest padded row length and scored positions per row
-
-
-def _bucket(n: int, minimum: int) -> int:
-  """A padded length: the power of two >= max(n, minimum)."""
-  return 1 << (max(n, minimum) - 1).bit_length()
 
 
 @functools.partial(jax.jit, static_argnames=("module",))
@@ -141,7 +137,7 @@ def _score_groups(packed_fn: PackedFn, groups, batch_size: int, dp: int, out):
   if not groups:
     return
   sized = sorted(((_packed_length(g), g) for g in groups), key=lambda x: -x[0])
-  row_len = _bucket(sized[0][0], MIN_ROW)
+  row_len = bucket(sized[0][0], MIN_ROW)
   rows: list[_Row] = []
   for n, group in sized:  # first fit decreasing
     row = next((r for r in rows if len(r.tokens) + n <= row_len), None)
@@ -155,8 +151,8 @@ def _score_groups(packed_fn: PackedFn, groups, batch_size: int, dp: int, out):
 
 def _score_rows(packed_fn: PackedFn, rows, b: int, row_len: int, out):
   """One forward pass over up to b packed rows (padding rows are segment 0)."""
-  k = _bucket(max(len(r.at) for r in rows), MIN_SCORED)
-  e = _bucket(max(len(r.events) for r in rows), MIN_SCORED)
+  k = bucket(max(len(r.at) for r in rows), MIN_SCORED)
+  e = bucket(max(len(r.events) for r in rows), MIN_SCORED)
   arrays = {name: np.zeros((b, n), np.int32) for name, n in (
       ("tokens", row_len), ("positions", row_len), ("segments", row_len),
       ("prefixes", row_len), ("at", k), ("at_e", e), ("targets", e))}
