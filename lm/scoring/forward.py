@@ -72,9 +72,10 @@ def score_requests(logprob_fn: LogprobFn, requests: Sequence[Request], max_len: 
                    batch_tokens: int = 4096, row_multiple: int = 1):
   """(summed log-probability [N], is_greedy [N]) of each continuation given its context.
 
-  Batches hold at most `batch_tokens` padded tokens; row counts are powers of two times
-  `row_multiple` (the data-parallel size, so a batch splits over the mesh). Inputs are right
-  padded: every row starts at position 0, and causal attention keeps padding out of real rows.
+  Batches hold at most `batch_tokens` padded tokens; row counts are powers of two rounded up
+  to a multiple of `row_multiple` (the data-parallel size, so a batch splits over the mesh).
+  Inputs are right padded: every row starts at position 0, and causal attention keeps padding
+  out of real rows.
   """
   n = len(requests)
   logprobs, greedy = np.zeros(n, np.float64), np.ones(n, bool)
