@@ -3,6 +3,7 @@
   model = lm.load("/tmp/lm/run")                  # or mesh_shape=(1, 1, 8)
   model.generate(["ROMEO:"], max_new_tokens=64)   # str prompts -> str outputs (new text only)
   model.score(["The cat"], [" sat"])              # (log-probabilities [N], is_greedy [N])
+  model.score_choices([[("2+2=", "4"), ("2+2=", "5")]])  # per item: (lls, is_greedy)
 
 Params are restored onto a (data, fsdp, tensor) mesh with the shardings training uses (heads
 over tensor, embed over fsdp); batches are split over the data axes.
@@ -19,13 +20,13 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from lm import decoding
-from lm.decoding import beam, stream
-from lm.decoding import score as scoring
+from lm.decoding import beam, stops, stream
 from lm.errors import UserError
 from lm.model_dir import eos_ids, load_params
 from lm.models.config import ModelConfig
 from lm.models.quantized import QuantizedTransformer
 from lm.models.transformer import Transformer
+from lm.scoring import forward, packed
 from lm.tokenizers import load_tokenizer
 from lm.sharding import BATCH_AXES, DEFAULT_RULES, data_parallel_size, make_mesh, use_mesh
 
@@ -51,7 +52,7 @@ class LoadedModel:
       eos = None if self.tokenizer is None else self.tokenizer.eos_id
       self.eos_ids = () if eos is None else (eos,)
     self._logits = jax.jit(lambda params, tokens: self.module.apply({"params": params}, tokens))
-    self._target_logprobs = jax.jit(functools.partial(scoring.target_logprobs, self.module))
+    self._target_logprobs = jax.jit(functools.partial(forward.target_logprobs, self.module))
 
   # -- plumbing ---------------------------------------------------------------------------
   def _context(self):
@@ -69,26 +70,32 @@ class LoadedModel:
     """Host rows -> a device array split over the data axes (rows: a multiple of dp)."""
     return jax.device_put(np.asarray(x_B), NamedSharding(self.mesh, P(BATCH_AXES)))
 
+  def _run(self, fn, *arrays_B):
+    """fn(params, *arrays) on the mesh, each host array's rows (a multiple of dp) split over
+    the data axes."""
+    with self._context():
+      return fn(self.params, *(self._put_batch(x_B) for x_B in arrays_B))
+
   def _pad_rows(self, x_B):
     pad = -len(x_B) % self.data_parallel_size
     return np.concatenate([x_B, np.repeat(x_B[-1:], pad, axis=0)]) if pad else x_B
 
-  def _encode(self, text: str) -> list[int]:
+  def encode(self, text: str) -> list[int]:
     """The ids of a text, nothing added around it."""
     if self.tokenizer is None:
       raise UserError("this model directory has no tokenizer: pass token ids, not text")
     return list(self.tokenizer.encode(text, add_special_tokens=False))
 
-  def _text_prompt(self, text: str) -> list[int]:
+  def encode_prompt(self, text: str) -> list[int]:
     """A text as the model is given it, prompt or scoring context: the tokenizer's start ids,
     then the text's ids, as the run trained (lm.tokenizers' start rule)."""
-    ids = self._encode(text)
+    ids = self.encode(text)
     return list(self.tokenizer.start_ids) + ids
 
-  def _encode_pair(self, context: str, continuation: str) -> scoring.Request:
+  def encode_pair(self, context: str, continuation: str) -> forward.Request:
     """(context ids, continuation ids) of a text pair: split as lm-evaluation-harness splits
-    it, the context as _text_prompt gives it (an empty one is the prefix token)."""
-    context_ids, continuation_ids = scoring.encode_pair(self._encode, context, continuation,
+    it, the context as encode_prompt gives it (an empty one is the prefix token)."""
+    context_ids, continuation_ids = forward.encode_pair(self.encode, context, continuation,
                                                         self._prefix())
     start = list(self.tokenizer.start_ids)
     return (start + context_ids if context else start or context_ids), continuation_ids
@@ -118,17 +125,11 @@ class LoadedModel:
                       "learned positions")
     self._check_ids(tokens_BL, "tokens")
     tokens_BL = tokens_BL.astype(np.int32)
-    with self._context():
-      logits_BLV = self._logits(self.params, self._put_batch(self._pad_rows(tokens_BL)))
-    return logits_BLV[:len(tokens_BL)]
+    return self._run(self._logits, self._pad_rows(tokens_BL))[:len(tokens_BL)]
 
-  def _score_requests(self, requests, batch_tokens: int):
-    def logprob_fn(inputs_BL, targets_BL):
-      with self._context():
-        return self._target_logprobs(self.params, self._put_batch(inputs_BL),
-                                     self._put_batch(targets_BL))
-    return scoring.score_requests(logprob_fn, requests, self.config.max_len,
-                                  batch_tokens=batch_tokens,
+  def _score_requests(self, requests, batch_tokens: int = 4096, max_len: int | None = None):
+    return forward.score_requests(functools.partial(self._run, self._target_logprobs), requests,
+                                  max_len or self.config.max_len, batch_tokens=batch_tokens,
                                   row_multiple=self.data_parallel_size)
 
   def score(self, contexts: Sequence, continuations: Sequence, batch_tokens: int = 4096):
@@ -149,31 +150,46 @@ class LoadedModel:
       if isinstance(context, str) != isinstance(continuation, str):
         raise ValueError("a context and its continuation must both be text or both tokens")
       if isinstance(context, str):
-        request = self._encode_pair(context, continuation)
+        request = self.encode_pair(context, continuation)
       else:
         request = (list(context) or [self._prefix()], list(continuation))
       self._check_ids(request[0] + request[1], f"request {len(requests)}")
       requests.append(request)
     return self._score_requests(requests, batch_tokens)
 
-  def score_rolling(self, texts: Sequence, context_len: int = 1,
-                    batch_tokens: int = 4096) -> np.ndarray:
+  def score_rolling(self, texts: Sequence, context_len: int = 1, batch_tokens: int = 4096,
+                    window: int | None = None) -> np.ndarray:
     """Total log-likelihood [N] of whole texts (str or token lists) of any length.
 
-    The text is preceded by the prefix token and cut into windows of max_len tokens whose
-    scored parts cover it exactly once (lm-evaluation-harness' `loglikelihood_rolling`):
-    context_len=1 gives disjoint windows; context_len=c gives strided windows in which every
-    scored token after the first window sees at least c - 1 earlier tokens.
+    The text is preceded by the prefix token and cut into windows of `window` tokens (default
+    max_len; more needs positions other than learned ones) whose scored parts cover it exactly
+    once (lm-evaluation-harness' `loglikelihood_rolling`): context_len=1 gives disjoint
+    windows; context_len=c gives strided windows in which every scored token after the first
+    window sees at least c - 1 earlier tokens.
     """
+    window = self.config.max_len if window is None else window
+    if window > self.config.max_len and self.config.positions == "learned":
+      raise UserError(f"a window of {window} tokens exceeds the model's {self.config.max_len} "
+                      "learned positions")
     requests, owner = [], []
     for i, text in enumerate(texts):
-      ids = self._encode(text) if isinstance(text, str) else list(text)
+      ids = self.encode(text) if isinstance(text, str) else list(text)
       self._check_ids(ids, f"text {i}")
-      windows = scoring.rolling_windows(ids, self._prefix(), self.config.max_len, context_len)
+      windows = forward.rolling_windows(ids, self._prefix(), window, context_len)
       requests += windows
       owner += [i] * len(windows)
-    logprobs, _ = self._score_requests(requests, batch_tokens)
+    logprobs, _ = self._score_requests(requests, batch_tokens, window)
     return np.bincount(np.asarray(owner, np.int64), weights=logprobs, minlength=len(texts))
+
+  def score_choices(self, items: Sequence[Sequence[tuple[str, str]]], batch_size: int = 16):
+    """Per item (a list of (context, continuation) text pairs), (log-likelihoods [n_pairs],
+    is_greedy [n_pairs]): score()'s values, with each shared context computed once
+    (lm.scoring.packed). batch_size: packed rows of about 128 tokens per forward pass."""
+    encoded = [[self.encode_pair(c, x) for c, x in item] for item in items]
+    packed_fn = functools.partial(self._run, functools.partial(packed.packed_logprobs,
+                                                               self.module))
+    return packed.score_items(encoded, self.config.max_len, packed_fn, self._score_requests,
+                              batch_size=batch_size, row_multiple=self.data_parallel_size)
 
   # -- generation -------------------------------------------------------------------------
   def generate(self, prompts: Sequence, max_new_tokens: int = 64, temperature: float = 0.0,
@@ -225,7 +241,7 @@ class LoadedModel:
                                    batch_multiple=self.data_parallel_size, **args)
       rows = next(chunks)
       while True:
-        rows, done = self._apply_stops(rows, stop)
+        rows, done = stops.apply_stops(self.tokenizer, rows, stop)
         yield self._format(rows, text, num_samples, stop)
         try:
           rows = chunks.send(done)
@@ -233,7 +249,7 @@ class LoadedModel:
           return
 
   def _prompt_ids(self, prompts) -> tuple[list[list[int]], bool]:
-    """(token ids per prompt, whether outputs are text). A prompt is a str (_text_prompt:
+    """(token ids per prompt, whether outputs are text). A prompt is a str (encode_prompt:
     the start ids, then its ids), a chat [{"role", "content"}, ...] (rendered by the
     tokenizer's chat template, which writes any BOS itself) or token ids."""
     kinds = {_prompt_kind(p) for p in prompts}
@@ -241,26 +257,15 @@ class LoadedModel:
       raise ValueError("prompts must be all strings / chats, or all token lists")
     if kinds != {"chat"}:
       text = kinds == {"text"}
-      return ([self._text_prompt(p) for p in prompts] if text
+      return ([self.encode_prompt(p) for p in prompts] if text
               else [list(p) for p in prompts]), text
     if self.tokenizer is None:
       raise UserError("chat prompts need the model's tokenizer")
-    return [self._encode(self.tokenizer.apply_chat_template(p)) for p in prompts], True
-
-  def _apply_stops(self, rows, stop):
-    """(rows cut after the token completing a stop string, which rows hit one)."""
-    if not stop:
-      return rows, None
-    cut, done = [], []
-    for row in rows:
-      end = _stop_end(self.tokenizer, row, stop)
-      cut.append(row if end is None else row[:end])
-      done.append(end is not None)
-    return cut, done
+    return [self.encode(self.tokenizer.apply_chat_template(p)) for p in prompts], True
 
   def _format(self, rows, text: bool, num_samples: int, stop=None):
     if text:
-      rows = [_cut_at_stop(self.tokenizer.decode(r), stop) for r in rows]
+      rows = [stops.cut_at_stop(self.tokenizer.decode(r), stop) for r in rows]
     if num_samples > 1:
       rows = [rows[i:i + num_samples] for i in range(0, len(rows), num_samples)]
     return rows
@@ -294,24 +299,6 @@ def _prompt_kind(prompt) -> str:
 
 def _once(rows):
   yield rows
-
-
-def _cut_at_stop(text: str, stop) -> str:
-  hits = [text.find(s) for s in stop or () if s in text]
-  return text[:min(hits)] if hits else text
-
-
-def _stop_end(tokenizer, row, stop) -> int | None:
-  """Tokens to keep: up to the one whose text completes the first stop string, or None."""
-  text = tokenizer.decode(row)
-  hits = [text.find(s) for s in stop if s in text]
-  if not hits:
-    return None
-  first = min(hits)
-  for end in range(1, len(row) + 1):
-    if any(s in tokenizer.decode(row[:end])[first:] for s in stop):
-      return end
-  return len(row)
 
 
 def _resolve_mesh(mesh_shape) -> jax.sharding.Mesh:

@@ -16,8 +16,9 @@ import pytest
 
 from conftest import REPO
 from lm.cli.common import parse_gin
-from lm.decoding import cache_length, generate_ids, prefill
+from lm.decoding import bucket, cache_length, generate_ids, prefill, prepare, round_rows
 from lm.decoding.cache import cache_bytes
+from lm.errors import UserError
 from lm.models.config import ModelConfig
 from lm.models.transformer import Transformer
 
@@ -146,3 +147,31 @@ def test_sliding_window_cache_is_a_ring_of_window_slots():
   # 3 has positions 2, 3, 4 there, a one-token row only position 0 (padding: -1).
   np.testing.assert_array_equal(cache.pos_BS[:3], [[6, 7, 5], [3, 4, 2], [-1, 0, -1]])
   np.testing.assert_array_equal(cache.next_pos_B, [8, 5, 1, 1])
+
+
+def test_padded_sizes_are_powers_of_two_split_over_the_data_axes():
+  assert [bucket(n) for n in (0, 1, 2, 3, 5, 8, 9)] == [1, 1, 2, 4, 8, 8, 16]
+  assert bucket(5, 16) == 16 and bucket(40, 16) == 64
+  assert [round_rows(n, 8) for n in (1, 3, 8, 9)] == [8, 8, 8, 16]
+  assert round_rows(5, 6) == 12 and round_rows(3) == 4
+
+
+def test_one_request_path_gives_each_row_its_prompt_and_sample():
+  """generate_ids, stream_ids and beam_search_ids share `prepare`: row r is sample r % n of
+  prompt r // n, padded to a multiple of the data-parallel size; each row's logits are its
+  prompt's alone (a full forward pass)."""
+  model = Transformer(ModelConfig(**BASE, dtype="float32", param_dtype="float32"))
+  params = _params(model)
+  p = prepare(model, params, PROMPTS, max_new_tokens=5, num_samples=2, batch_multiple=4)
+  assert (p.rows, p.num_steps) == (6, 8)
+  assert p.prompt_of_row_B.tolist() == [0, 0, 1, 1, 2, 2, 0, 0]
+  assert p.sample_index_B.tolist() == [0, 1, 0, 1, 0, 1, 0, 0]
+  assert p.padding_B().tolist() == [False] * 6 + [True] * 2
+  for r in range(p.rows):
+    prompt = PROMPTS[r // 2]
+    alone = model.apply({"params": params}, np.asarray([prompt], np.int32))[0, -1]
+    np.testing.assert_allclose(p.logits_BV[r], alone, atol=1e-4)
+  assert prepare(model, params, PROMPTS, max_new_tokens=0) is None
+  assert prepare(model, params, [], max_new_tokens=4) is None
+  with pytest.raises(UserError, match="prompt 1 is empty"):
+    prepare(model, params, [[1], []], max_new_tokens=4)

@@ -1,14 +1,14 @@
 """Sampling: filtered frequencies match softmax(logits / T) (chi-square), degenerate filters
 are greedy, settings follow HF / OpenAI (top_k 0 is no filter, out-of-range values are one
 UserError), and tokens depend on (seed, prompt position, sample, step) only, not on the rest of
-the batch, in the cached decoder and the cache-less sampler (lm.sampling) alike."""
+the batch, in the cached decoder and the cache-less sampler (lm.decoding.windowed) alike."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy import stats
 
-from lm import sampling as cacheless
+from lm.decoding import windowed as cacheless
 from lm.decoding import generate_ids, row_keys, sample
 from lm.decoding.stream import stream_ids
 from lm.errors import UserError
@@ -154,7 +154,7 @@ BAD_SETTINGS = [
 @pytest.mark.parametrize("bad, message", BAD_SETTINGS, ids=lambda x: str(x)[:30])
 def test_out_of_range_settings_are_one_user_error(tiny, bad, message):
   """Issue 19 item 6, in every decoder that takes the settings (lm.api and lm-sample go
-  through generate_ids / stream_ids; lm-train's sample through lm.sampling)."""
+  through generate_ids / stream_ids; lm-train's sample through lm.decoding.windowed)."""
   model, params = tiny
   settings = {"temperature": 1.0, **bad}
   with pytest.raises(UserError, match=message):
@@ -167,10 +167,10 @@ def test_out_of_range_settings_are_one_user_error(tiny, bad, message):
 
 
 def test_the_cacheless_sampler_draws_as_the_cached_decoder(tiny):
-  """lm.sampling (lm-train's sample) follows the same rule: row b is position b, sample 0,
+  """lm.decoding.windowed (lm-train's sample) follows the same rule: row b is position b, sample 0,
   keys from PRNGKey(seed), so it draws the tokens generate_ids draws (repeated prompts differ)."""
   model, params = tiny
-  prompts = [PROMPTS[0], PROMPTS[0], [9, 2, 6, 5, 3]]  # equal lengths: lm.sampling pads none
+  prompts = [PROMPTS[0], PROMPTS[0], [9, 2, 6, 5, 3]]  # equal lengths: windowed pads none
   settings = dict(temperature=1.5, top_k=0, top_p=0.9)
   cached = generate_ids(model, params, prompts, max_new_tokens=6, seed=11, **settings)
   tokens = cacheless.generate(model, params, np.asarray(prompts), jax.random.PRNGKey(11),

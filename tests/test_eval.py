@@ -3,6 +3,7 @@ full-sequence logits, harness metric conventions, few-shot draws, perplexity, us
 import json
 import math
 import os
+from types import SimpleNamespace
 
 import jax
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 
 from lm.api import LoadedModel
 from lm.errors import UserError
-from lm.evaluation import fewshot, metrics, multiple_choice, perplexity, registry, scoring
+from lm.evaluation import fewshot, metrics, multiple_choice, perplexity, registry
 from lm.evaluation.multiple_choice import Doc
 from lm.models.config import ModelConfig
 from lm.models.transformer import Transformer
@@ -56,7 +57,7 @@ LONG = ("ab", " the continuation is longer than forty eight characters: two wind
 
 
 def test_choice_scores_equal_hand_computed_loglikelihoods(model):
-  out = scoring.score_items(model, ITEMS, batch_size=2)
+  out = model.score_choices(ITEMS, batch_size=2)
   for item, (lls, greedy) in zip(ITEMS, out):
     hand = [_hand_loglikelihood(model, c, x) for c, x in item]
     np.testing.assert_allclose(lls, hand, atol=2e-4, rtol=1e-5)
@@ -64,11 +65,11 @@ def test_choice_scores_equal_hand_computed_loglikelihoods(model):
     np.testing.assert_array_equal(greedy, ref_greedy)
   # Packed differently (many groups over several rows, one row per call): the same scores.
   for (lls, greedy), (ref_lls, ref_greedy) in zip(
-      scoring.score_items(model, ITEMS * 6, batch_size=1), out * 6):
+      model.score_choices(ITEMS * 6, batch_size=1), out * 6):
     np.testing.assert_allclose(lls, ref_lls, atol=2e-5)
     np.testing.assert_array_equal(greedy, ref_greedy)
   # A continuation longer than max_len: disjoint windows, each after all that precedes it.
-  (lls, _), = scoring.score_items(model, [[LONG]])
+  (lls, _), = model.score_choices([[LONG]])
   tail = LONG[1][48:]
   hand = _hand_loglikelihood(model, LONG[0], LONG[1][:48]) + _hand_loglikelihood(
       model, LONG[0] + LONG[1][:48], tail)
@@ -88,15 +89,15 @@ def test_multiple_choice_metrics_follow_the_scores(model):
   assert result.examples[0]["requests"][1] == ["question: what is red?\nanswer:", " sky"]
 
 
-def test_acc_norm_divides_by_characters_and_can_flip_the_answer(monkeypatch):
+def test_acc_norm_divides_by_characters_and_can_flip_the_answer():
   # "no" is likelier in total, "absolutely" per character: acc picks 0, acc_norm picks 1.
   lls = np.array([-3.0, -5.0])
   assert metrics.choose(lls, ["no", "absolutely"]) == (0, 1)  # -1.5/char vs -0.5/char
   assert metrics.choose([-2.0, -2.0], ["ab", "cd"]) == (0, 0)  # ties: the first choice
-  monkeypatch.setattr(scoring, "score_items",
-                      lambda model, items, batch_size: [(lls, np.zeros(2, bool))] * len(items))
+  fake = SimpleNamespace(
+      score_choices=lambda items, batch_size: [(lls, np.zeros(2, bool))] * len(items))
   docs = [Doc("q:", ["no", "absolutely"], 1)]
-  result = multiple_choice.evaluate_docs(None, "t", docs)
+  result = multiple_choice.evaluate_docs(fake, "t", docs)
   assert result.metrics == {"acc": 0.0, "acc_norm": 1.0}
 
 
@@ -123,13 +124,13 @@ def test_fewshot_never_draws_the_scored_item_and_is_reproducible():
   assert fewshot.harness_draws(pool, pool[:2], 3, seed=1234) == draws[:2]  # --limit 2
 
 
-def test_fewshot_prompts_exclude_the_document_and_do_not_depend_on_limit(monkeypatch):
+def test_fewshot_prompts_exclude_the_document_and_do_not_depend_on_limit():
   captured = []
-  monkeypatch.setattr(scoring, "score_items", lambda model, items, batch_size: (
+  fake = SimpleNamespace(score_choices=lambda items, batch_size: (
       captured.append(items) or [(np.zeros(2), np.zeros(2, bool))] * len(items)))
   docs = [Doc(f"q{i}:", [f"a{i}", f"b{i}"], 0) for i in range(8)]
-  multiple_choice.evaluate_docs(None, "t", docs, num_fewshot=3, seed=7)
-  multiple_choice.evaluate_docs(None, "t", docs, num_fewshot=3, seed=7, limit=3)
+  multiple_choice.evaluate_docs(fake, "t", docs, num_fewshot=3, seed=7)
+  multiple_choice.evaluate_docs(fake, "t", docs, num_fewshot=3, seed=7, limit=3)
   full, limited = captured
   assert full[:3] == limited
   for i, item in enumerate(full):
@@ -152,6 +153,51 @@ def test_file_perplexity_matches_the_rolling_loglikelihood(model, tmp_path):
   assert abs(strided[0] - model.score_rolling(texts[:1])[0]) > 1e-3
   with pytest.raises(UserError, match="learned position table"):
     perplexity.window_logprobs(model, [[5, 6]], seq_len=64)
+
+
+def _token_loglikelihood(model, context, continuation) -> float:
+  """log p(continuation | context) of token lists from one forward pass, by hand."""
+  whole = list(context) + list(continuation)
+  logits = np.asarray(model.logits([whole[:-1]]))[0].astype(np.float64)
+  top = logits.max(-1, keepdims=True)
+  logp = logits - top - np.log(np.exp(logits - top).sum(-1, keepdims=True))
+  return float(sum(logp[t, whole[t + 1]] for t in range(len(context) - 1, len(whole) - 1)))
+
+
+def test_score_rolling_takes_a_window_length(model):
+  # 20 tokens in windows of 8 whose scored parts overlap by none (context_len 1) or see at
+  # least 2 earlier tokens (context_len 3: stride 6), each window by hand.
+  text = "the cat sat on a mat"
+  ids, eos = model.encode(text), model.tokenizer.eos_id
+  assert len(ids) == 20
+  for context_len, windows in [
+      (1, [([eos], ids[:8]), (ids[7:8], ids[8:16]), (ids[11:16], ids[16:])]),
+      (3, [([eos], ids[:8]), (ids[5:8], ids[8:14]), (ids[11:14], ids[14:])])]:
+    hand = sum(_token_loglikelihood(model, c, x) for c, x in windows)
+    for texts in ([text], [ids]):
+      (got,) = model.score_rolling(texts, context_len=context_len, window=8)
+      assert got == pytest.approx(hand, abs=2e-4)
+  with pytest.raises(UserError, match="exceeds the model's 48 learned positions"):
+    model.score_rolling([text], window=64)
+
+
+def test_no_module_reads_a_loaded_models_private_attributes():
+  """Scoring, evaluation and compression go through LoadedModel's public methods."""
+  import ast
+  import lm
+  root = os.path.dirname(lm.__file__)
+  found = []
+  for folder, _, files in os.walk(root):
+    for name in files:
+      path = os.path.join(folder, name)
+      if not name.endswith(".py") or path == os.path.join(root, "api.py"):
+        continue
+      for node in ast.walk(ast.parse(open(path).read())):
+        owner = node.value if isinstance(node, ast.Attribute) else None
+        owner = owner.attr if isinstance(owner, ast.Attribute) else getattr(owner, "id", None)
+        if owner == "model" and node.attr.startswith("_"):
+          found.append(f"{os.path.relpath(path, root)}:{node.lineno} model.{node.attr}")
+  assert not found, found
 
 
 def test_unknown_task_and_missing_files_are_user_errors(model, tmp_path):
@@ -284,16 +330,16 @@ def test_logits_reject_tokens_the_model_cannot_embed(model):
 def test_a_continuation_merged_into_the_context_scores_zero(model, monkeypatch):
   # A tokenizer whose joint encoding of "ab" is one token: "a" + "b" leaves the continuation
   # no token of its own (the harness's answer: log-likelihood 0.0, greedy).
-  encode = model._encode
+  encode = model.encode
 
   def merging_encode(text, add_special_tokens=False):
     return encode(text[:-2]) + [7] if text.endswith("ab") else encode(text)
 
-  monkeypatch.setattr(model, "_encode", merging_encode)
+  monkeypatch.setattr(model, "encode", merging_encode)
   contexts, continuations = ["the a", "the a"], ["b", " sky"]
   lls, greedy = model.score(contexts, continuations)
   assert lls[0] == 0.0 and greedy[0]
-  (item_lls, item_greedy), = scoring.score_items(model, [list(zip(contexts, continuations))])
+  (item_lls, item_greedy), = model.score_choices([list(zip(contexts, continuations))])
   assert item_lls[0] == 0.0 and item_greedy[0]
   assert item_lls[1] == pytest.approx(lls[1], abs=2e-4) and lls[1] < 0
 

@@ -24,6 +24,10 @@ class FakeModel:
     lls = np.asarray([self.fn(c, x) for c, x in zip(contexts, continuations)], np.float64)
     return lls, np.zeros(len(lls), bool)
 
+  def score_choices(self, items, batch_size=16):
+    """Per item, (log-likelihoods, is_greedy) of its pairs, as LoadedModel.score_choices."""
+    return [self.score([c for c, _ in item], [x for _, x in item]) for item in items]
+
 
 # -- CrowS-Pairs ------------------------------------------------------------------------------
 def test_crows_pairs_equal_scores_give_50_percent_everywhere():

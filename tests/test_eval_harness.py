@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -207,17 +208,17 @@ class _RecordingLM(lm_eval.api.model.LM):
     raise NotImplementedError
 
 
-def test_fewshot_prompts_equal_the_harness_prompts(task_manager, monkeypatch):
+def test_fewshot_prompts_equal_the_harness_prompts(task_manager):
   # The harness drawing few-shot examples from the evaluated file itself, seed 1234 (both
   # defaults), 3-shot, first 12 documents.
   recorder = _RecordingLM()
   lm_eval.simple_evaluate(model=recorder, tasks=["arc_easy_local_fs"], limit=12, num_fewshot=3,
                           task_manager=task_manager)
-  from lm.evaluation import multiple_choice, scoring
+  from lm.evaluation import multiple_choice
   captured = []
-  monkeypatch.setattr(scoring, "score_items", lambda model, items, batch_size: (
+  fake = SimpleNamespace(score_choices=lambda items, batch_size: (
       captured.extend(items) or [(np.zeros(len(i)), np.zeros(len(i), bool)) for i in items]))
-  multiple_choice.evaluate_docs(None, "arc_easy", multiple_choice.load_docs("arc_easy", EVALDATA),
+  multiple_choice.evaluate_docs(fake, "arc_easy", multiple_choice.load_docs("arc_easy", EVALDATA),
                                 num_fewshot=3, limit=12)
   ours = [tuple(pair) for item in captured for pair in item]
   assert sorted(ours) == sorted(recorder.requests) and len(ours) == 12 * 4
@@ -229,7 +230,7 @@ def test_a_continuation_merged_into_the_context_scores_zero_as_in_the_harness(gp
                                                                              task_manager):
   # GPT-2's BPE encodes "hel" + "lo" as the one token "hello": the split leaves the
   # continuation no token. lm-evaluation-harness 0.4.13 scores that 0.0 (its ONNX backend;
-  # its HF backend asserts), and so do score, score_items and the adapter.
+  # its HF backend asserts), and so do score, score_choices and the adapter.
   hf_dir, lm_dir = gpt2
   model = lm.load(lm_dir)
   tok = gpt2_tokenizer()

@@ -2,12 +2,13 @@
 robustness tasks (lm.evaluation.robustness) report clean/perturbed accuracy and PDR."""
 import os
 import re
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from lm.errors import UserError
-from lm.evaluation import fewshot, perturb, registry, robustness, scoring
+from lm.evaluation import fewshot, perturb, registry, robustness
 from lm.evaluation.multiple_choice import Doc
 
 DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..",
@@ -208,9 +209,9 @@ def test_per_document_fewshot_sampling_reaches_advglue_and_robust(name, keys, mo
   monkeypatch.setattr(robustness, "advglue_docs", lambda data_dir, sub: docs)
   monkeypatch.setattr(robustness, "task_docs", lambda task, data_dir: docs)
   calls = []
-  monkeypatch.setattr(scoring, "score_items", lambda model, items, batch_size: (
+  fake = SimpleNamespace(score_choices=lambda items, batch_size: (
       calls.append(items) or [(np.zeros(2), np.zeros(2, bool)) for _ in items]))
-  registry.get_task(name)(None, data_dir=None, num_fewshot=2, limit=4, seed=3, batch_size=1,
+  registry.get_task(name)(fake, data_dir=None, num_fewshot=2, limit=4, seed=3, batch_size=1,
                           fewshot_sampling="per_document")
   assert len(calls) == len(keys)
   for key, items in zip(keys, calls):

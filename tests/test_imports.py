@@ -6,7 +6,7 @@ BLOCK_TF = """
 import sys
 for name in ("tensorflow", "seqio", "tensorflow_datasets"):
   sys.modules[name] = None  # any import of them now raises ImportError
-import lm, lm.api, lm.sampling, lm.training.loop, lm.convert.hf, lm.cli.train, lm.cli.info
+import lm, lm.api, lm.decoding.windowed, lm.training.loop, lm.convert.hf, lm.cli.train, lm.cli.info
 print("ok")
 """
 

@@ -17,7 +17,6 @@ from lm.data.pipeline import SeqioBatches
 from lm.data.tasks import register_files_task
 from lm.data.tokenizer_export import save_task_tokenizer
 from lm.data.vocabularies import model_vocabulary
-from lm.evaluation.scoring import score_items
 from lm.finetuning.preference_data import encode_pairs
 from lm.models.config import ModelConfig
 from lm.models.transformer import Transformer
@@ -145,7 +144,7 @@ def test_scoring_conditions_on_what_generation_feeds(kind, models):
   assert generated_from == prompt
   expected = float(np.sum(_logprobs(model, whole[:-1], whole[1:])[len(prompt) - 1:]))
   assert model.score([context], [continuation])[0][0] == pytest.approx(expected, rel=1e-5)
-  (items_lls, _), = score_items(model, [[(context, continuation)]])
+  (items_lls, _), = model.score_choices([[(context, continuation)]])
   assert items_lls[0] == pytest.approx(expected, rel=1e-5)
   # A whole text: every token scored after the start id (the prefix token without one).
   ids = tok.encode(context + continuation, add_special_tokens=False)

@@ -96,7 +96,7 @@ def prepare_smollm2(work, val_docs):
 
 def val_loss(model, texts, context_len):
   """Mean negative log-likelihood per token of the validation texts."""
-  ids = [model._encode(t) for t in texts]
+  ids = [model.encode(t) for t in texts]
   lls = model.score_rolling(ids, context_len=context_len)
   return float(-np.sum(lls) / sum(len(i) for i in ids))
 

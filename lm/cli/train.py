@@ -46,7 +46,7 @@ def sample_after_training(result, input_cfg=gin.REQUIRED, num_tokens: int = 0,
   params = multihost_utils.process_allgather(result.state.params, tiled=True)
   if jax.process_index() != 0:
     return
-  from lm.sampling import generate
+  from lm.decoding.windowed import generate
   vocab = vocabulary(input_cfg.task)
   prompt_1P = np.array([vocab.encode(prompt)], np.int32)
   cfg = result.model.cfg

@@ -31,7 +31,7 @@ def calibration_tokens(model, source: str, rows: int, length: int | None = None)
   kind, _, arg = source.partition(":")
   if kind == "ppl":
     from lm.evaluation.perplexity import read_documents
-    docs_ids = [model._encode(t) for t in read_documents(arg)]
+    docs_ids = [model.encode(t) for t in read_documents(arg)]
   elif kind == "seqio":
     from lm.data import documents  # TensorFlow only on this path
     name, _, split = arg.partition(":")

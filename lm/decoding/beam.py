@@ -13,15 +13,16 @@ A row stops early, as in T5X, once its worst kept finished score beats the best 
 live beam could still reach; the loop ends when every row has stopped.
 """
 import functools
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lm.decoding.cache import cache_length, take_rows
-from lm.decoding.generate import bucket, decode_step, pad_prompts, prefill
+from lm.decoding.cache import take_rows
+from lm.decoding.generate import decode_step, prepare
 from lm.errors import UserError
+from lm.models.attention import KVCache
 
 NEG = -1.0e30  # "no hypothesis": finite, so sums and divisions stay ordered
 
@@ -29,6 +30,22 @@ NEG = -1.0e30  # "no hypothesis": finite, so sums and divisions stay ordered
 def brevity_penalty(length, alpha):
   """((5 + length) / 6) ** alpha: the divisor of a hypothesis' log-probability."""
   return ((5.0 + length) / 6.0) ** alpha
+
+
+class BeamState(NamedTuple):
+  """After `step` new tokens, per row (B) and beam (K): the live beams' tokens [B, K, T] and
+  log-probabilities, the best K finished hypotheses (tokens, scores, lengths; NEG: none yet),
+  the live beams' cache rows (B * K), their last tokens (not yet in the cache), and whether the
+  search is over."""
+  step: jax.Array
+  live_seqs_BKT: jax.Array
+  live_lp_BK: jax.Array
+  fin_seqs_BKT: jax.Array
+  fin_scores_BK: jax.Array
+  fin_lens_BK: jax.Array
+  cache: KVCache
+  live_tok_BK: jax.Array
+  done: jax.Array
 
 
 @functools.partial(jax.jit, static_argnames=("module", "num_beams", "num_steps", "eos_ids"))
@@ -45,53 +62,53 @@ def beam_decode(module, params, logits_BV, cache, max_new_tokens, length_penalty
   max_pen = brevity_penalty(max_new_tokens.astype(jnp.float32), length_penalty)
   cols_T = jnp.arange(t)
 
-  def choose(state, logits_BKV):
-    step, live_seqs, live_lp, fin_seqs, fin_scores, fin_lens, cache, _, _ = state
-    cand_BKV = live_lp[:, :, None] + jax.nn.log_softmax(logits_BKV.astype(jnp.float32))
+  def extend(st: BeamState, logits_BKV) -> BeamState:
+    """Every live beam extended by every token: the best 2K candidates update the finished set
+    (those that end) and the live set (those not ending in EOS)."""
+    cand_BKV = st.live_lp_BK[:, :, None] + jax.nn.log_softmax(logits_BKV.astype(jnp.float32))
     top_lp, top_idx = jax.lax.top_k(cand_BKV.reshape(b, k * v), 2 * k)
     parent, tok = top_idx // v, (top_idx % v).astype(jnp.int32)
-    seqs = jnp.take_along_axis(live_seqs, parent[:, :, None], axis=1)
-    seqs = jnp.where(cols_T == step, tok[:, :, None], seqs)
+    seqs = jnp.take_along_axis(st.live_seqs_BKT, parent[:, :, None], axis=1)
+    seqs = jnp.where(cols_T == st.step, tok[:, :, None], seqs)
     is_eos = jnp.isin(tok, eos)
-    length = step + 1
+    length = st.step + 1
     ends = is_eos | (length >= max_new_tokens)
     scores = jnp.where(ends & (top_lp > NEG / 2),
                        top_lp / brevity_penalty(length.astype(jnp.float32), length_penalty), NEG)
     # The finished set: the best K of those kept so far and the new ones.
-    all_scores = jnp.concatenate([fin_scores, scores], axis=1)
+    all_scores = jnp.concatenate([st.fin_scores_BK, scores], axis=1)
     fin_scores, pick = jax.lax.top_k(all_scores, k)
-    fin_seqs = jnp.take_along_axis(jnp.concatenate([fin_seqs, seqs], 1), pick[:, :, None], 1)
-    all_lens = jnp.concatenate([fin_lens, jnp.full((b, 2 * k), length, jnp.int32)], axis=1)
+    fin_seqs = jnp.take_along_axis(jnp.concatenate([st.fin_seqs_BKT, seqs], 1),
+                                   pick[:, :, None], 1)
+    all_lens = jnp.concatenate([st.fin_lens_BK, jnp.full((b, 2 * k), length, jnp.int32)], axis=1)
     fin_lens = jnp.take_along_axis(all_lens, pick, axis=1)
     # The live set: the best K candidates that did not end in EOS.
     live_lp, pick = jax.lax.top_k(jnp.where(is_eos, NEG, top_lp), k)
     live_seqs = jnp.take_along_axis(seqs, pick[:, :, None], axis=1)
     live_tok = jnp.take_along_axis(tok, pick, axis=1)
     rows = (jnp.arange(b)[:, None] * k + jnp.take_along_axis(parent, pick, axis=1)).reshape(-1)
-    cache = take_rows(cache, rows)
+    cache = take_rows(st.cache, rows)
     # T5X's stop: no live beam can still beat the worst kept finished hypothesis.
     best_pen = jnp.maximum(brevity_penalty(length.astype(jnp.float32), length_penalty), max_pen)
     hopeless_B = jnp.min(fin_scores, axis=1) >= jnp.max(live_lp, axis=1) / best_pen
     done = (length >= max_new_tokens) | jnp.all(hopeless_B)
-    return (length, live_seqs, live_lp, fin_seqs, fin_scores, fin_lens, cache, live_tok, done)
+    return BeamState(length, live_seqs, live_lp, fin_seqs, fin_scores, fin_lens, cache, live_tok,
+                     done)
 
-  def body(state):
-    live_tok = state[7]
-    logits_BV, cache = decode_step(module, params, live_tok.reshape(-1), state[6])
-    state = state[:6] + (cache,) + state[7:]
-    return choose(state, logits_BV.reshape(b, k, v))
+  def body(st: BeamState) -> BeamState:
+    logits_BV, cache = decode_step(module, params, st.live_tok_BK.reshape(-1), st.cache)
+    return extend(st._replace(cache=cache), logits_BV.reshape(b, k, v))
 
   # Only beam 0 is live at first, so the K copies of a prompt do not give K equal beams.
   live_lp = jnp.tile(jnp.asarray([0.0] + [NEG] * (k - 1), jnp.float32), (b, 1))
   cache = take_rows(cache, jnp.repeat(jnp.arange(b), k))
-  state = (jnp.zeros((), jnp.int32), jnp.zeros((b, k, t), jnp.int32), live_lp,
-           jnp.zeros((b, k, t), jnp.int32), jnp.full((b, k), NEG, jnp.float32),
-           jnp.zeros((b, k), jnp.int32), cache, jnp.zeros((b, k), jnp.int32),
-           jnp.zeros((), bool))
-  logits_BKV = jnp.broadcast_to(logits_BV[:, None], (b, k, v))
-  state = choose(state, logits_BKV)
-  state = jax.lax.while_loop(lambda s: ~s[8], body, state)
-  return state[3], state[4], state[5]
+  state = BeamState(jnp.zeros((), jnp.int32), jnp.zeros((b, k, t), jnp.int32), live_lp,
+                    jnp.zeros((b, k, t), jnp.int32), jnp.full((b, k), NEG, jnp.float32),
+                    jnp.zeros((b, k), jnp.int32), cache, jnp.zeros((b, k), jnp.int32),
+                    jnp.zeros((), bool))
+  state = extend(state, jnp.broadcast_to(logits_BV[:, None], (b, k, v)))
+  state = jax.lax.while_loop(lambda st: ~st.done, body, state)
+  return state.fin_seqs_BKT, state.fin_scores_BK, state.fin_lens_BK
 
 
 def beam_search_ids(module, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
@@ -99,26 +116,15 @@ def beam_search_ids(module, params, prompts: Sequence[Sequence[int]], *, max_new
                     eos_ids: Sequence[int] = (), batch_multiple: int = 1):
   """Per prompt, up to num_beams (new tokens, score) pairs, best first; a hypothesis that ended
   with EOS includes it. Call under the params' mesh; batch_multiple: its data-parallel size."""
-  prompts = [list(map(int, p)) for p in prompts]
   if num_beams < 1 or max_new_tokens < 1:
     raise UserError(f"num_beams={num_beams} and max_new_tokens={max_new_tokens} must be >= 1")
-  cfg = module.cfg
-  for i, p in enumerate(prompts):
-    if not p or min(p) < 0 or max(p) >= cfg.vocab_size:
-      raise UserError(f"prompt {i} is empty or has a token id outside [0, {cfg.vocab_size})")
-  if not prompts:
+  p = prepare(module, params, prompts, max_new_tokens=max_new_tokens,
+              batch_multiple=batch_multiple)
+  if p is None:
     return []
-  length, num_steps = bucket(max(len(p) for p in prompts)), bucket(max_new_tokens, 1)
-  if cfg.positions == "learned" and max(map(len, prompts)) + max_new_tokens > cfg.max_len:
-    raise UserError(f"prompt + {max_new_tokens} new tokens exceeds the model's {cfg.max_len} "
-                    "learned positions")
-  batch = -(-bucket(len(prompts), 1) // batch_multiple) * batch_multiple
-  tokens_BP, lengths_B = pad_prompts(prompts, length, batch)
-  logits_BV, cache = prefill(module, params, tokens_BP, lengths_B,
-                             cache_len=cache_length(cfg, length + num_steps))
   seqs, scores, lens = beam_decode(
-      module, params, logits_BV, cache, np.int32(max_new_tokens), np.float32(length_penalty),
-      num_beams=num_beams, num_steps=num_steps, eos_ids=tuple(int(e) for e in eos_ids))
+      module, params, p.logits_BV, p.cache, np.int32(max_new_tokens), np.float32(length_penalty),
+      num_beams=num_beams, num_steps=p.num_steps, eos_ids=tuple(int(e) for e in eos_ids))
   seqs, scores, lens = np.asarray(seqs), np.asarray(scores), np.asarray(lens)
   return [[(seqs[i, j, :lens[i, j]].tolist(), float(scores[i, j]))
-           for j in range(num_beams) if scores[i, j] > NEG / 2] for i in range(len(prompts))]
+           for j in range(num_beams) if scores[i, j] > NEG / 2] for i in range(p.rows)]

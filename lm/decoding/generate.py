@@ -8,27 +8,37 @@ per-row scatter). Positions count from each row's first real token and padding s
 masked out (`KVCache.pos_BS` = -1), so padding changes no row's result.
 
 Shapes are static: the prompt length, the batch and the number of new tokens are rounded up to
-powers of two (`bucket`), so new prompt lengths reuse the compiled functions.
+powers of two (`bucket`), so new prompt lengths reuse the compiled functions. `prepare` is the
+one request path of generate_ids, lm.decoding.stream and lm.decoding.beam: checks, padding,
+prefill and the choice of decoding rows.
 """
 import contextlib
 import functools
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from lm.decoding.cache import cache_length, init_cache, take_rows
-from lm.decoding.sampling import row_keys, sample, sampling_filters
+from lm.decoding.sampling import Sampling, choose, sampling_filters
 from lm.errors import UserError
 from lm.models.attention import KVCache
 from lm.sharding import data_parallel_size, use_mesh
 
+MIN_PROMPT = 8  # the smallest padded prompt length
 
-def bucket(n: int, minimum: int = 8) -> int:
-  """The power of two >= max(n, minimum): the padded size of a prompt length or batch."""
-  n = max(int(n), int(minimum), 1)
-  return 1 << (n - 1).bit_length()
+
+def bucket(n: int, minimum: int = 1) -> int:
+  """The power of two >= max(n, minimum, 1): a padded length or row count, so that new sizes
+  reuse compiled functions."""
+  return 1 << (max(int(n), int(minimum), 1) - 1).bit_length()
+
+
+def round_rows(n: int, multiple: int = 1) -> int:
+  """Rows of a padded batch of n: bucket(n) rounded up to a multiple of `multiple` (the
+  data-parallel size, so the batch splits over the mesh)."""
+  return -(-bucket(n) // multiple) * multiple
 
 
 def pad_prompts(prompts: Sequence[Sequence[int]], length: int, batch: int):
@@ -70,42 +80,110 @@ def decode_step(module, params, tokens_B, cache: KVCache):
   return logits_B1V[:, 0], cache
 
 
+class ChunkState(NamedTuple):
+  """After `step` chosen tokens: the last one per row (not yet in the cache) and who is done."""
+  step: jax.Array
+  tok_B: jax.Array
+  cache: KVCache
+  done_B: jax.Array
+
+
+@functools.partial(jax.jit, static_argnames=("eos_ids", "greedy"))
+def start(logits_BV, cache, done_B, s: Sampling, *, eos_ids: tuple[int, ...] = (),
+          greedy: bool = False):
+  """(state, first new token [B] or -1) from a prefill's logits_BV and cache."""
+  done_B = done_B | (s.max_new_tokens <= 0)
+  tok_B, done_B = choose(logits_BV, 0, done_B, s, eos_ids, greedy)
+  return ChunkState(jnp.ones((), jnp.int32), tok_B, cache, done_B), tok_B
+
+
 @functools.partial(jax.jit, static_argnames=("module", "num_steps", "eos_ids", "greedy"))
-def decode(module, params, logits_BV, cache: KVCache, position_B, sample_index_B, done_B,
-           max_new_tokens, seed, temperature, top_k=None, top_p=None, min_p=None, *,
-           num_steps: int, eos_ids: tuple[int, ...] = (), greedy: bool = False):
-  """Samples up to max_new_tokens (<= num_steps, traced) tokens per row from the prefill's
+def decode_chunk(module, params, state: ChunkState, s: Sampling, *, num_steps: int,
+                 eos_ids: tuple[int, ...] = (), greedy: bool = False):
+  """Up to num_steps more steps from `state` (fewer when every row is done).
+
+  Returns (new state, the tokens chosen [B, num_steps], -1 where a row produced nothing).
+  Rows the host marks done in state.done_B produce nothing more.
+  """
+  first = state.step
+
+  def body(carry):
+    st, out_BT = carry
+    logits_BV, cache = decode_step(module, params, jnp.maximum(st.tok_B, 0), st.cache)
+    tok_B, done_B = choose(logits_BV, st.step, st.done_B, s, eos_ids, greedy)
+    out_BT = jax.lax.dynamic_update_slice_in_dim(out_BT, tok_B[:, None], st.step - first,
+                                                 axis=1)
+    return ChunkState(st.step + 1, tok_B, cache, done_B), out_BT
+
+  def cond(carry):
+    st, _ = carry
+    return (st.step - first < num_steps) & ~jnp.all(st.done_B)
+
+  out_BT = jnp.full((state.tok_B.shape[0], num_steps), -1, jnp.int32)
+  return jax.lax.while_loop(cond, body, (state, out_BT))
+
+
+@functools.partial(jax.jit, static_argnames=("module", "num_steps", "eos_ids", "greedy"))
+def decode(module, params, logits_BV, cache: KVCache, done_B, s: Sampling, *, num_steps: int,
+           eos_ids: tuple[int, ...] = (), greedy: bool = False):
+  """Samples up to s.max_new_tokens (<= num_steps, traced) tokens per row from the prefill's
   logits_BV and cache; rows with done_B set from the start produce nothing.
 
   Returns int32 [B, num_steps]: the new tokens, the EOS that ended a row included, -1 after a
-  row's end. The loop stops when every row is done. Keys per (seed, the row's prompt position
-  position_B, its sample index, step); filters as `sampling_filters` returns them.
+  row's end. The loop stops when every row is done. Keys per (seed, the row's prompt position,
+  its sample index, step); filters as `sampling_filters` returns them. One jitted loop:
+  `start`, then one `decode_chunk` of all the remaining steps.
   """
-  eos = jnp.asarray(eos_ids, jnp.int32)
-  key = jax.random.PRNGKey(seed)
+  state, tok_B = start(logits_BV, cache, done_B, s, eos_ids=eos_ids, greedy=greedy)
+  _, out_BT = decode_chunk(module, params, state, s, num_steps=num_steps - 1, eos_ids=eos_ids,
+                           greedy=greedy)
+  return jnp.concatenate([tok_B[:, None], out_BT], axis=1)
 
-  def choose(logits_BV, step, done_B):
-    keys_B = row_keys(key, position_B, sample_index_B, step)
-    tok_B = sample(logits_BV, keys_B, temperature, top_k, top_p, min_p, greedy=greedy)
-    tok_B = jnp.where(done_B, -1, tok_B)
-    return tok_B, done_B | jnp.isin(tok_B, eos) | (step + 1 >= max_new_tokens)
 
-  def body(state):
-    step, tok_B, cache, out_BT, done_B = state
-    logits_BV, cache = decode_step(module, params, jnp.maximum(tok_B, 0), cache)
-    tok_B, done_B = choose(logits_BV, step, done_B)
-    out_BT = jax.lax.dynamic_update_slice_in_dim(out_BT, tok_B[:, None], step, axis=1)
-    return step + 1, tok_B, cache, out_BT, done_B
+class Prefilled(NamedTuple):
+  """A request after its prefill, per decoding row (the real rows, then padding rows, which
+  repeat prompt 0 and start done): the logits of its prompt's last token and its cache rows,
+  the prompt position and sample index it decodes; `rows` real rows; `num_steps` new tokens
+  at most (max_new_tokens rounded up to a power of two)."""
+  logits_BV: jax.Array
+  cache: KVCache
+  prompt_of_row_B: np.ndarray
+  sample_index_B: np.ndarray
+  rows: int
+  num_steps: int
 
-  def cond(state):
-    step, _, _, _, done_B = state
-    return (step < max_new_tokens) & ~jnp.all(done_B)
+  def sampling(self, max_new_tokens: int, seed: int, temperature: float, filters: dict):
+    """The rows' Sampling (filters: as sampling_filters returns them)."""
+    return Sampling(self.prompt_of_row_B, self.sample_index_B, np.int32(max_new_tokens),
+                    np.uint32(seed), np.float32(temperature), **filters)
 
-  b = logits_BV.shape[0]
-  tok_B, done_B = choose(logits_BV, 0, done_B | (max_new_tokens <= 0))
-  out_BT = jnp.full((b, num_steps), -1, jnp.int32).at[:, 0].set(tok_B)
-  state = (jnp.ones((), jnp.int32), tok_B, cache, out_BT, done_B)
-  return jax.lax.while_loop(cond, body, state)[3]
+  def padding_B(self) -> np.ndarray:
+    """True for the padding rows (done from the start)."""
+    return np.arange(len(self.prompt_of_row_B)) >= self.rows
+
+
+def prepare(module, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
+            num_samples: int = 1, batch_multiple: int = 1) -> Prefilled | None:
+  """Checks a request (UserError) and prefills it: row r decodes sample r % num_samples of
+  prompt r // num_samples; rows are padded to round_rows(rows, batch_multiple). None when there
+  is nothing to decode (no prompts, or max_new_tokens 0). Call under the params' mesh."""
+  cfg = module.cfg
+  prompts = [list(map(int, p)) for p in prompts]
+  _check_request(cfg, prompts, max_new_tokens, num_samples)
+  if not prompts or max_new_tokens == 0:
+    return None
+  length, num_steps = bucket(max(len(p) for p in prompts), MIN_PROMPT), bucket(max_new_tokens)
+  tokens_BP, lengths_B = pad_prompts(prompts, length, round_rows(len(prompts), batch_multiple))
+  logits_BV, cache = prefill(module, params, tokens_BP, lengths_B,
+                             cache_len=cache_length(cfg, length + num_steps))
+  rows = len(prompts) * num_samples
+  batch = round_rows(rows, batch_multiple)
+  prompt_of_row, sample_index = np.zeros(batch, np.int32), np.zeros(batch, np.int32)
+  prompt_of_row[:rows], sample_index[:rows] = np.divmod(np.arange(rows), num_samples)
+  if num_samples > 1:  # else the prefill's rows are the decoding rows already
+    logits_BV = jnp.take(logits_BV, prompt_of_row, axis=0)
+    cache = take_rows(cache, prompt_of_row)
+  return Prefilled(logits_BV, cache, prompt_of_row, sample_index, rows, num_steps)
 
 
 def generate_ids(module, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
@@ -125,39 +203,20 @@ def generate_ids(module, params, prompts: Sequence[Sequence[int]], *, max_new_to
   mesh: run under this mesh (params may be sharded on it); the batch is split over its
   data-parallel axes.
   """
-  cfg = module.cfg
-  prompts = [list(map(int, p)) for p in prompts]
-  _check_request(cfg, prompts, max_new_tokens, num_samples)
   filters = sampling_filters(temperature, top_k, top_p, min_p)
-  if not prompts or max_new_tokens == 0:
-    empty = [[] for _ in range(num_samples)] if num_samples > 1 else []
-    return [list(empty) for _ in prompts]
-  dp = 1 if mesh is None else data_parallel_size(mesh)
-  round_batch = lambda n: -(-bucket(n, 1) // dp) * dp  # the batch must split over data axes
-  length = bucket(max(len(p) for p in prompts))
-  num_steps = bucket(max_new_tokens, 1)
-  tokens_BP, lengths_B = pad_prompts(prompts, length, round_batch(len(prompts)))
-
-  rows = len(prompts) * num_samples
-  batch = round_batch(rows)
-  prompt_of_row = np.zeros(batch, np.int32)
-  prompt_of_row[:rows] = np.arange(rows) // num_samples
-  sample_index = np.zeros(batch, np.int32)
-  sample_index[:rows] = np.arange(rows) % num_samples
-  done = np.arange(batch) >= rows
-
   with _maybe_mesh(mesh):
-    logits_BV, cache = prefill(module, params, tokens_BP, lengths_B,
-                               cache_len=cache_length(cfg, length + num_steps))
-    if batch != tokens_BP.shape[0] or num_samples > 1:
-      logits_BV = jnp.take(logits_BV, prompt_of_row, axis=0)
-      cache = take_rows(cache, prompt_of_row)
-    out_BT = decode(module, params, logits_BV, cache, prompt_of_row, sample_index, done,
-                    np.int32(max_new_tokens), np.uint32(seed), np.float32(temperature),
-                    **filters, num_steps=num_steps, eos_ids=tuple(int(e) for e in eos_ids),
+    p = prepare(module, params, prompts, max_new_tokens=max_new_tokens,
+                num_samples=num_samples,
+                batch_multiple=1 if mesh is None else data_parallel_size(mesh))
+    if p is None:
+      empty = [[] for _ in range(num_samples)] if num_samples > 1 else []
+      return [list(empty) for _ in prompts]
+    out_BT = decode(module, params, p.logits_BV, p.cache, p.padding_B(),
+                    p.sampling(max_new_tokens, seed, temperature, filters),
+                    num_steps=p.num_steps, eos_ids=tuple(int(e) for e in eos_ids),
                     greedy=temperature == 0)
   out_BT = np.asarray(out_BT)
-  per_row = [[int(t) for t in row if t >= 0] for row in out_BT[:rows]]
+  per_row = [[int(t) for t in row if t >= 0] for row in out_BT[:p.rows]]
   if num_samples == 1:
     return per_row
   return [per_row[i * num_samples:(i + 1) * num_samples] for i in range(len(prompts))]

@@ -13,6 +13,7 @@ prompts (other positions) get their own draws.
 """
 import math
 import operator
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -98,3 +99,26 @@ def sample(logits_BV, keys_B, temperature, top_k=None, top_p=None, min_p=None,
     return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
   logits_BV = filter_logits(logits_BV, temperature, top_k, top_p, min_p)
   return jax.vmap(jax.random.categorical)(keys_B, logits_BV).astype(jnp.int32)
+
+
+class Sampling(NamedTuple):
+  """Per-row prompt position and sample index, and the sampling settings (filters None when
+  off, as `sampling_filters` returns them)."""
+  position_B: jax.Array
+  sample_index_B: jax.Array
+  max_new_tokens: jax.Array
+  seed: jax.Array
+  temperature: jax.Array
+  top_k: jax.Array | None = None
+  top_p: jax.Array | None = None
+  min_p: jax.Array | None = None
+
+
+def choose(logits_BV, step, done_B, s: Sampling, eos_ids, greedy: bool):
+  """(token [B] of decode step `step`, -1 for rows already done; done_B after it): a row ends
+  at a token of eos_ids or at its max_new_tokens-th token. Keys as `row_keys` of PRNGKey(seed)."""
+  keys_B = row_keys(jax.random.PRNGKey(s.seed), s.position_B, s.sample_index_B, step)
+  tok_B = sample(logits_BV, keys_B, s.temperature, s.top_k, s.top_p, s.min_p, greedy=greedy)
+  tok_B = jnp.where(done_B, -1, tok_B)
+  eos = jnp.asarray(eos_ids, jnp.int32)
+  return tok_B, done_B | jnp.isin(tok_B, eos) | (step + 1 >= s.max_new_tokens)

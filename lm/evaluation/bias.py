@@ -65,23 +65,9 @@ def wilson_interval(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
 
 def choice_loglikelihoods(model, items: Sequence[Sequence[tuple[str, str]]],
                           batch_size: int = 16) -> list[np.ndarray]:
-  """Per item (a list of (context, continuation) pairs), the pairs' log-likelihoods.
-
-  An lm model scores each shared context once (lm.evaluation.scoring.score_items); any
-  other object with `score(contexts, continuations)` (the harness's `loglikelihood`) is
-  asked for all pairs in one call.
-  """
-  from lm.api import LoadedModel  # deferred: keeps this module light for fakes and tests
-  if isinstance(model, LoadedModel):
-    from lm.evaluation.scoring import score_items
-    return [lls for lls, _ in score_items(model, items, batch_size=batch_size)]
-  pairs = [pair for item in items for pair in item]
-  lls, _ = model.score([c for c, _ in pairs], [x for _, x in pairs])
-  lls, out, start = np.asarray(lls, np.float64), [], 0
-  for item in items:
-    out.append(lls[start:start + len(item)])
-    start += len(item)
-  return out
+  """Per item (a list of (context, continuation) pairs), the pairs' log-likelihoods: the
+  model's `score_choices` (lm.api.LoadedModel's scores each shared context once)."""
+  return [lls for lls, _ in model.score_choices(items, batch_size=batch_size)]
 
 
 def add_proportion(metrics: dict, stderr: dict, name: str, hits: Sequence[float]) -> None:

@@ -9,7 +9,7 @@ Importing this module also registers the model type "lm" with the harness
 Needs `lm_eval` (the `test` extra installs it); nothing else in lm imports this module.
 
 loglikelihood requests sharing a context are scored as one multiple-choice item (the context
-runs once; lm.evaluation.scoring), with the semantics of `LoadedModel.score`, which are the
+runs once; `LoadedModel.score_choices`), with the semantics of `LoadedModel.score`, which are the
 harness's. loglikelihood_rolling is `LoadedModel.score_rolling` (disjoint windows);
 generate_until is greedy `LoadedModel.generate` with the request's `until` strings, the
 context cut on the left to leave max_gen_toks positions (as the harness's HF model).
@@ -18,9 +18,8 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from lm_eval.models.utils import normalize_gen_kwargs
 
-from lm.api import _cut_at_stop
+from lm.decoding.stops import cut_at_stop
 from lm.errors import UserError
-from lm.evaluation.scoring import score_items
 
 
 @register_model("lm")
@@ -43,7 +42,7 @@ class HarnessLM(LM):
     groups = list(by_context.items())
     items = [[(context, requests[k].args[1]) for k in ks] for context, ks in groups]
     out = [None] * len(requests)
-    for (_, ks), (lls, greedy) in zip(groups, score_items(self.model, items, self.batch_size)):
+    for (_, ks), (lls, greedy) in zip(groups, self.model.score_choices(items, self.batch_size)):
       for k, ll, g in zip(ks, lls, greedy):
         out[k] = (float(ll), bool(g))
     return out
@@ -70,11 +69,11 @@ class HarnessLM(LM):
       ids = self._context_ids(context)[-keep:]
       new = self.model.generate([ids], max_new_tokens=max_new, temperature=0.0,
                                 stop=until or None)[0]
-      out.append(_cut_at_stop(self.model.tokenizer.decode(new), until))
+      out.append(cut_at_stop(self.model.tokenizer.decode(new), until))
     return out
 
   def _context_ids(self, context: str) -> list[int]:
     bos = self.model.tokenizer.special_tokens().get("bos_token")
     if bos and context.startswith(bos):  # the harness's has_bos_prefix: no second BOS
-      return self.model._encode(context)
-    return self.model._prompt_ids([context])[0][0]
+      return self.model.encode(context)
+    return self.model.encode_prompt(context)

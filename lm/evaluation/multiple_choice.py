@@ -24,7 +24,7 @@ import numpy as np
 
 from lm import jsonl
 from lm.errors import UserError
-from lm.evaluation import fewshot, metrics, scoring
+from lm.evaluation import fewshot, metrics
 from lm.evaluation.registry import TaskResult, register
 
 NUM_RENDERED = 3  # examples kept in the report per task
@@ -139,7 +139,7 @@ def evaluate_docs(model, task: str, docs: Sequence[Doc], pool: Sequence[Doc] | N
   for doc, drawn in zip(docs, shots):
     prefixes.append(fewshot.join_examples([pool[j].rendered() for j in drawn]))
     items.append(doc.pairs(prefixes[-1]))
-  scored = scoring.score_items(model, items, batch_size=batch_size)
+  scored = model.score_choices(items, batch_size=batch_size)
   per_doc = {name: [] for name in metric_names}
   examples = []
   for i, (doc, (lls, _)) in enumerate(zip(docs, scored)):

@@ -26,7 +26,6 @@ import re
 import numpy as np
 
 from lm import jsonl
-from lm.decoding import score as harness_scoring
 from lm.errors import UserError
 from lm.evaluation.registry import TaskResult, register
 
@@ -43,21 +42,8 @@ def window_logprobs(model, docs_ids, seq_len: int | None = None, stride: int | N
     raise UserError(f"--seq_len {seq_len} exceeds the learned position table ({cfg.max_len})")
   if not 1 <= stride <= seq_len:
     raise UserError(f"--stride must be in [1, seq_len={seq_len}], got {stride}")
-  requests, owner = [], []
-  for i, ids in enumerate(docs_ids):
-    windows = harness_scoring.rolling_windows(ids, model._prefix(), seq_len, seq_len - stride + 1)
-    requests += windows
-    owner += [i] * len(windows)
-
-  def logprob_fn(inputs_BL, targets_BL):
-    with model._context():
-      return model._target_logprobs(model.params, model._put_batch(inputs_BL),
-                                    model._put_batch(targets_BL))
-
-  lps, _ = harness_scoring.score_requests(logprob_fn, requests, seq_len,
-                                          batch_tokens=max(batch_tokens, seq_len),
-                                          row_multiple=model.data_parallel_size)
-  return np.bincount(np.asarray(owner, np.int64), weights=lps, minlength=len(docs_ids))
+  return model.score_rolling(docs_ids, context_len=seq_len - stride + 1,
+                             batch_tokens=max(batch_tokens, seq_len), window=seq_len)
 
 
 def perplexity_result(texts, docs_ids, lls) -> TaskResult:
@@ -108,7 +94,7 @@ def read_documents(pattern: str) -> list[str]:
 def file_perplexity(model, *, arg, limit=None, batch_size=16, seq_len=None, stride=None, **_):
   """Perplexity of the documents in the files `arg` (a path or glob)."""
   texts = read_documents(arg)[:limit]
-  docs_ids = [model._encode(t) for t in texts]
+  docs_ids = [model.encode(t) for t in texts]
   lls = window_logprobs(model, docs_ids, seq_len, stride, batch_tokens=batch_size * 256)
   return perplexity_result(texts, docs_ids, lls)
 

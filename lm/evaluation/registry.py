@@ -5,7 +5,7 @@ A task is a function registered under a name:
   @register("arc_easy")
   def arc_easy(model, *, data_dir, num_fewshot, limit, seed, batch_size, **options) -> TaskResult
 
-- model: an `lm.api.LoadedModel` (score, score_rolling, generate, tokenizer);
+- model: an `lm.api.LoadedModel` (score, score_choices, score_rolling, generate, tokenizer);
 - data_dir: the folder holding the benchmark files (e.g. ../shared/evaldata); a task reads
   its files from there and raises lm.errors.UserError when they are missing;
 - num_fewshot: examples put before each scored item (drawn reproducibly from `seed`, never the

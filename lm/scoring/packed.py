@@ -2,8 +2,9 @@
 
 An item is a list of (context, continuation) text pairs: a question with its answers (one
 context, several continuations) or Winogrande's partial scoring (several contexts, one
-continuation). Pairs are tokenized exactly as `LoadedModel.score` does (lm-evaluation-harness'
-`loglikelihood`), and the pairs of an item whose context tokens are equal form a group.
+continuation). `LoadedModel.score_choices` tokenizes the pairs exactly as `LoadedModel.score`
+does (lm-evaluation-harness' `loglikelihood`); the pairs of an item whose context tokens are
+equal form a group.
 
 A group is packed as one sequence: its context, then each continuation but its last token, as
 segments of their own positioned right after the context, attending to the context through the
@@ -19,25 +20,27 @@ score) in disjoint windows of max_len tokens, each after the tokens before it.
 """
 import dataclasses
 import functools
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 
-Pair = tuple[str, str]
+from lm.decoding.generate import bucket
+from lm.scoring.forward import Request
+
+# (tokens, positions, segments, prefixes [B, R], at [B, K], at_e, targets [B, E]) ->
+# (log p [B, E], is-greedy [B, E]): packed_logprobs on the model's params and mesh
+PackedFn = Callable[..., tuple[np.ndarray, np.ndarray]]
+# requests -> (summed log p [N], is_greedy [N]): forward.score_requests on the model
+RequestsFn = Callable[[Sequence[Request]], tuple[np.ndarray, np.ndarray]]
 ROW_TOKENS = 128  # a forward pass holds about batch_size x ROW_TOKENS tokens
 MIN_ROW, MIN_SCORED = 128, 16  # smallest padded row length and scored positions per row
 
 
-def _bucket(n: int, minimum: int) -> int:
-  """A padded length: the power of two >= max(n, minimum)."""
-  return 1 << (max(n, minimum) - 1).bit_length()
-
-
 @functools.partial(jax.jit, static_argnames=("module",))
-def _packed_logprobs(module, params, tokens_BR, positions_BR, segments_BR, prefixes_BR, at_BK,
+def packed_logprobs(module, params, tokens_BR, positions_BR, segments_BR, prefixes_BR, at_BK,
                      at_BE, targets_BE):
   """(log p [B, E], is-greedy [B, E]) of targets_BE[b, e] at scored position at_BE[b, e] (an
   index into at_BK, the row positions whose logits are computed)."""
@@ -50,14 +53,15 @@ def _packed_logprobs(module, params, tokens_BR, positions_BR, segments_BR, prefi
   return lp_BE, greedy_BE
 
 
-def score_items(model, items: Sequence[Sequence[Pair]], batch_size: int = 16):
-  """Per item, (log-likelihoods [n_pairs], is_greedy [n_pairs]) as float64 / bool arrays.
+def score_items(encoded: Sequence[Sequence[Request]], max_len: int, packed_fn: PackedFn,
+                requests_fn: RequestsFn, batch_size: int = 16, row_multiple: int = 1):
+  """Per item (a list of (context ids, continuation ids) pairs), (log-likelihoods [n_pairs],
+  is_greedy [n_pairs]) as float64 / bool arrays.
 
-  model: an lm.api.LoadedModel with a tokenizer. batch_size: rows of about ROW_TOKENS tokens
-  per forward pass.
+  batch_size: rows of about ROW_TOKENS tokens per forward pass, rounded up to a multiple of
+  row_multiple (the data-parallel size); pairs that do not fit max_len go to requests_fn.
   """
-  encoded = [[model._encode_pair(c, x) for c, x in item] for item in items]
-  out = [(np.zeros(len(item)), np.ones(len(item), bool)) for item in items]
+  out = [(np.zeros(len(item)), np.ones(len(item), bool)) for item in encoded]
   groups, long_pairs = [], []  # groups: (context ids, [(item, pair, continuation ids)])
   for i, pairs in enumerate(encoded):
     by_context: dict[tuple, list] = {}
@@ -65,18 +69,18 @@ def score_items(model, items: Sequence[Sequence[Pair]], batch_size: int = 16):
       if continuation:  # an empty one (merged into the context's tokens) stays at 0.0, True
         by_context.setdefault(tuple(context), []).append((i, j, continuation))
     for context, members in by_context.items():
-      if len(context) + max(len(m[2]) for m in members) - 1 <= model.config.max_len:
+      if len(context) + max(len(m[2]) for m in members) - 1 <= max_len:
         groups.append((list(context), members))
       else:
         long_pairs += [(i, j) for i, j, _ in members]
-  _score_groups(model, groups, batch_size, out)
+  _score_groups(packed_fn, groups, batch_size, row_multiple, out)
   if long_pairs:
     requests, owner = [], []
     for i, j in long_pairs:
-      for request in _windows(*encoded[i][j], model.config.max_len):
+      for request in _windows(*encoded[i][j], max_len):
         requests.append(request)
         owner.append((i, j))
-    lps, greedy = model._score_requests(requests, 4096)
+    lps, greedy = requests_fn(requests)
     for (i, j), lp, g in zip(owner, lps, greedy):  # out starts at 0.0 / True
       out[i][0][j] += lp
       out[i][1][j] &= g
@@ -128,28 +132,27 @@ def _packed_length(group) -> int:
   return len(context) + sum(len(m[2]) - 1 for m in members)
 
 
-def _score_groups(model, groups, batch_size: int, out):
+def _score_groups(packed_fn: PackedFn, groups, batch_size: int, dp: int, out):
   """Fills `out` for the groups, packed into rows (see the module docstring)."""
   if not groups:
     return
   sized = sorted(((_packed_length(g), g) for g in groups), key=lambda x: -x[0])
-  row_len = _bucket(sized[0][0], MIN_ROW)
+  row_len = bucket(sized[0][0], MIN_ROW)
   rows: list[_Row] = []
   for n, group in sized:  # first fit decreasing
     row = next((r for r in rows if len(r.tokens) + n <= row_len), None)
     if row is None:
       rows.append(row := _Row())
     row.add(*group)
-  dp = model.data_parallel_size
   b = dp * -(-max(1, batch_size * ROW_TOKENS // row_len) // dp)
   for start in range(0, len(rows), b):
-    _score_rows(model, rows[start:start + b], b, row_len, out)
+    _score_rows(packed_fn, rows[start:start + b], b, row_len, out)
 
 
-def _score_rows(model, rows, b: int, row_len: int, out):
+def _score_rows(packed_fn: PackedFn, rows, b: int, row_len: int, out):
   """One forward pass over up to b packed rows (padding rows are segment 0)."""
-  k = _bucket(max(len(r.at) for r in rows), MIN_SCORED)
-  e = _bucket(max(len(r.events) for r in rows), MIN_SCORED)
+  k = bucket(max(len(r.at) for r in rows), MIN_SCORED)
+  e = bucket(max(len(r.events) for r in rows), MIN_SCORED)
   arrays = {name: np.zeros((b, n), np.int32) for name, n in (
       ("tokens", row_len), ("positions", row_len), ("segments", row_len),
       ("prefixes", row_len), ("at", k), ("at_e", e), ("targets", e))}
@@ -158,9 +161,7 @@ def _score_rows(model, rows, b: int, row_len: int, out):
       arrays[name][r, :len(getattr(row, name))] = getattr(row, name)
     for x, (at, target, _, _) in enumerate(row.events):
       arrays["at_e"][r, x], arrays["targets"][r, x] = at, target
-  with model._context():
-    lp_BE, greedy_BE = _packed_logprobs(model.module, model.params,
-                                        *(model._put_batch(arrays[name]) for name in arrays))
+  lp_BE, greedy_BE = packed_fn(*arrays.values())
   lp_BE, greedy_BE = np.asarray(lp_BE), np.asarray(greedy_BE)
   for r, row in enumerate(rows):
     for x, (_, _, i, j) in enumerate(row.events):

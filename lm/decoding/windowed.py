@@ -1,7 +1,7 @@
 """Sampling without a KV cache: each step re-reads a fixed-size window.
 
-Tokens are chosen as in lm.decoding (lm.decoding.sampling: the same checks, filters and
-per-row keys; row b of the batch is the prompt at position b, sample 0).
+Tokens are chosen as in the KV-cache decoder (lm.decoding.sampling: the same checks, filters
+and per-row keys; row b of the batch is the prompt at position b, sample 0).
 """
 import functools
 

@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lm.decoding.generate import bucket, round_rows
+
 Request = tuple[list[int], list[int]]  # (context ids, continuation ids)
 # (inputs [B, L], targets [B, L]) -> (log p(target) [B, L], target == argmax [B, L])
 LogprobFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -66,18 +68,14 @@ def rolling_windows(ids: Sequence[int], prefix_id: int, max_len: int,
   return out
 
 
-def bucket_length(n: int, max_len: int) -> int:
-  """The padded length for an input of n tokens: a power of two (>= 16), at most max_len."""
-  return min(max_len, max(MIN_BUCKET, 1 << (max(n, 1) - 1).bit_length()))
-
-
 def score_requests(logprob_fn: LogprobFn, requests: Sequence[Request], max_len: int, *,
                    batch_tokens: int = 4096, row_multiple: int = 1):
   """(summed log-probability [N], is_greedy [N]) of each continuation given its context.
 
-  Batches hold at most `batch_tokens` padded tokens; row counts are powers of two times
-  `row_multiple` (the data-parallel size, so a batch splits over the mesh). Inputs are right
-  padded: every row starts at position 0, and causal attention keeps padding out of real rows.
+  Batches hold at most `batch_tokens` padded tokens; row counts are powers of two rounded up
+  to a multiple of `row_multiple` (the data-parallel size, so a batch splits over the mesh).
+  Inputs are right padded: every row starts at position 0, and causal attention keeps padding
+  out of real rows.
   """
   n = len(requests)
   logprobs, greedy = np.zeros(n, np.float64), np.ones(n, bool)
@@ -94,14 +92,15 @@ def score_requests(logprob_fn: LogprobFn, requests: Sequence[Request], max_len: 
     rows.append((i, whole[:-1], whole[1:], len(continuation)))
   buckets: dict[int, list] = {}
   for row in rows:
-    buckets.setdefault(bucket_length(len(row[1]), max_len), []).append(row)
+    # the padded length: a power of two (>= MIN_BUCKET), at most max_len
+    buckets.setdefault(min(max_len, bucket(len(row[1]), MIN_BUCKET)), []).append(row)
   for length, group in sorted(buckets.items()):
-    per_batch = max(row_multiple, _pow2_floor(batch_tokens // length) // row_multiple
-                    * row_multiple)
+    most = bucket(batch_tokens // length + 1) // 2  # the largest power of two <= the quotient
+    per_batch = max(row_multiple, most // row_multiple * row_multiple)
     for start in range(0, len(group), per_batch):
       chunk = group[start:start + per_batch]
-      b = row_multiple * (1 << (-(-len(chunk) // row_multiple) - 1).bit_length())
-      inputs_BL = np.zeros((min(b, per_batch), length), np.int32)
+      inputs_BL = np.zeros((min(round_rows(len(chunk), row_multiple), per_batch), length),
+                           np.int32)
       targets_BL = np.zeros_like(inputs_BL)
       for r, (_, inp, tgt, _) in enumerate(chunk):
         inputs_BL[r, :len(inp)], targets_BL[r, :len(tgt)] = inp, tgt
@@ -112,10 +111,6 @@ def score_requests(logprob_fn: LogprobFn, requests: Sequence[Request], max_len: 
         logprobs[i] = lp_BL[r, span].astype(np.float64).sum()
         greedy[i] = bool(greedy_BL[r, span].all())
   return logprobs, greedy
-
-
-def _pow2_floor(n: int) -> int:
-  return 1 << (max(n, 1).bit_length() - 1)
 
 
 def target_logprobs(module, params, inputs_BL, targets_BL):
