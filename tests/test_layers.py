@@ -6,7 +6,7 @@ From the bottom up (a package's modules share its floor; imports inside function
   1  lm.models, lm.tokenizers                  the model (with its LoRA and quantized variants)
   2  lm.sharding                               mesh, logical axes -> NamedShardings
   3  lm.model_dir                              model.json, params-only checkpoints, EOS ids
-  4  lm.decoding, lm.scoring, lm.sampling,     what runs a model; files in and out
+  4  lm.decoding, lm.scoring,                  what runs a model; files in and out
      lm.convert, lm.data
   5  lm.api                                    lm.load's LoadedModel
   6  lm.training                               the loop
@@ -34,7 +34,7 @@ FLOORS = [
     ("lm.models", "lm.tokenizers"),
     ("lm.sharding",),
     ("lm.model_dir",),
-    ("lm.decoding", "lm.scoring", "lm.sampling", "lm.convert", "lm.data"),
+    ("lm.decoding", "lm.scoring", "lm.convert", "lm.data"),
     ("lm.api",),
     ("lm.training",),
     ("lm.finetuning", "lm.compression", "lm.evaluation", "lm"),
