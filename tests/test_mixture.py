@@ -10,7 +10,7 @@ import lm
 from conftest import REPO
 from lm.cli import train
 from lm.data.inputs import InputConfig, make_batches
-from lm.data.mixtures import member_tasks, register_mixture
+from lm.data.mixtures import member_eval_batches, member_tasks, register_mixture
 from lm.data.pipeline import SeqioBatches
 from lm.data.tasks import register_files_task, shakespeare_char_vocabulary
 from lm.errors import UserError
@@ -39,9 +39,28 @@ def test_members_are_read_at_their_rates(tmp_path):
   domain = sum(set(r.tolist()) <= domain_ids for r in rows)
   # 200 rows, p = 3/4: 150 expected, sd 6.1; a Shakespeare window is never only "z" and " ".
   assert 125 <= domain <= 175, domain
-  sets = SeqioBatches(cfg, "train", shuffle=True, seed=0).eval_sets(2)
+  sets = SeqioBatches(cfg, "train", shuffle=True, seed=0).eval_sets(2, make_batches)
   # Up to 2 batches each: the 4 validation documents fill one (padded) batch.
   assert {k: len(v) for k, v in sets.items()} == {"domain_test": 1, "tiny_shakespeare_char": 2}
+
+
+def test_members_are_read_by_the_reader_passed_in(tmp_path):
+  """Member evals come from the caller's batches_fn (the one that reads the mixture's own), with
+  the member's task in an otherwise unchanged config; nothing else reads them."""
+  name = register_mixture("mix_reader", {domain_task(tmp_path): 1.0, "tiny_shakespeare_char": 1.0})
+  cfg = InputConfig(task=name, batch_size=4, seq_len=16, seed=7)
+  calls = []
+
+  def reader(member_cfg, split):
+    calls.append((member_cfg, split))
+    return iter([{"task": member_cfg.task, "i": i} for i in range(3)])
+
+  sets = member_eval_batches(cfg, 2, reader)
+  assert calls == [(InputConfig(task=t, batch_size=4, seq_len=16, seed=7), "validation")
+                   for t in ("domain_test", "tiny_shakespeare_char")]
+  assert sets == {t: [{"task": t, "i": 0}, {"task": t, "i": 1}]
+                  for t in ("domain_test", "tiny_shakespeare_char")}
+  assert member_eval_batches(InputConfig(), 2, reader) == {}  # not a mixture
 
 
 def test_mixture_errors_are_user_errors(tmp_path):

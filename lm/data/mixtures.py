@@ -4,6 +4,8 @@ A mixture reads its member tasks at the given rates (seqio samples each example 
 with probability rate_i / sum of rates), e.g. domain text with replay of general text. The
 training loop evaluates the mixture as a whole (eval/loss) and every member task on its own
 (eval/<task>/loss, `member_eval_batches`), so forgetting of the replayed text is visible.
+Members are read by the function that reads the mixture's own eval batches, passed in by the
+caller (the training loop's batches_fn), so both are read alike under any gin binding.
 """
 import dataclasses
 from typing import Mapping, Sequence
@@ -11,7 +13,6 @@ from typing import Mapping, Sequence
 import gin
 import seqio
 
-from lm.data.inputs import make_batches
 from lm.errors import UserError
 
 
@@ -57,13 +58,15 @@ def member_tasks(task: str) -> list[str]:
   return sorted(t.name for t in seqio.get_mixture_or_task(task).tasks)
 
 
-def member_eval_batches(input_cfg, eval_steps: int) -> dict[str, list]:
+def member_eval_batches(input_cfg, eval_steps: int, batches_fn) -> dict[str, list]:
   """{task: its first `eval_steps` validation batches} for every member of the mixture
-  `input_cfg.task`, read like the mixture's own eval batches; {} when it is not a mixture."""
+  `input_cfg.task`, {} when it is not a mixture. batches_fn(cfg, "validation") reads a member
+  (cfg: input_cfg with the member's task): the function that reads the mixture's own eval
+  batches (e.g. lm.data.inputs.make_batches)."""
   batches = {}
   for task in member_tasks(input_cfg.task):
     try:
-      it = make_batches(dataclasses.replace(input_cfg, task=task), "validation")
+      it = batches_fn(dataclasses.replace(input_cfg, task=task), "validation")
     except ValueError as e:  # seqio: the task has no validation split
       raise UserError(f"mixture member {task!r}: no validation split ({e}); every member needs "
                       "one, or set EVAL_STEPS=0") from None

@@ -23,7 +23,6 @@ import seqio
 import tensorflow as tf
 
 from lm.data import tasks  # noqa: F401  (registers the built-in tasks)
-from lm.data.inputs import InputConfig
 from lm.data.instruct import feature_converter
 from lm.data.mixtures import member_eval_batches
 from lm.data.resume import gather_processes, restore_iterator, save_iterator
@@ -43,10 +42,12 @@ _RENAME = {
 class SeqioBatches:
   """An iterator over numpy batches of this process's rows; see the module docstring.
 
+  cfg: an lm.data.inputs.InputConfig (not imported: lm.data.inputs imports this module, which
+    needs TensorFlow, only when a SeqIO task is read).
   num_epochs: None repeats the split forever (training); 1 reads it once (evaluation).
   """
 
-  def __init__(self, cfg: InputConfig, split: str, shuffle: bool, seed: int, start=0,
+  def __init__(self, cfg, split: str, shuffle: bool, seed: int, start=0,
                num_epochs: int | None = None):
     self.cfg, self.split, self.shuffle, self.seed = cfg, split, shuffle, seed
     self.num_epochs = num_epochs
@@ -122,9 +123,10 @@ class SeqioBatches:
     """Size of the task's vocabulary: every token id is below it."""
     return vocabulary(self.cfg.task).vocab_size
 
-  def eval_sets(self, eval_steps: int) -> dict[str, list]:
-    """A mixture's members' validation batches by task (the loop logs eval/<task>/loss)."""
-    return member_eval_batches(self.cfg, eval_steps)
+  def eval_sets(self, eval_steps: int, batches_fn) -> dict[str, list]:
+    """A mixture's members' validation batches by task (the loop logs eval/<task>/loss), read
+    by batches_fn, the function that reads the mixture's own (lm.data.mixtures)."""
+    return member_eval_batches(self.cfg, eval_steps, batches_fn)
 
   def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
     return self

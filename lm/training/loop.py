@@ -105,8 +105,8 @@ def train(model_dir: str, *, model_cfg: ModelConfig = gin.REQUIRED, input_cfg=gi
                     f"vocabulary of task {task!r} ({data_vocab} tokens)")
   eval_batches = _eval_batches(batches_fn, input_cfg, eval_steps) if eval_steps else []
   # Named eval sets besides the task's, e.g. a mixture's members (lm.data.mixtures), logged as
-  # eval/<name>/loss so that forgetting shows.
-  eval_sets = train_batches.eval_sets(eval_steps) if eval_steps and hasattr(
+  # eval/<name>/loss so that forgetting shows; read by batches_fn, as the task's eval batches.
+  eval_sets = train_batches.eval_sets(eval_steps, batches_fn) if eval_steps and hasattr(
       train_batches, "eval_sets") else {}
   settings = run_settings(input_cfg, optimizer_cfg, steps)
   run_id = check_resume(model_dir, model_cfg, settings)
