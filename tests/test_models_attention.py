@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lm.models.attention import Attention, dot_product_attention, make_mask
+from lm.models.attention import Attention, LayerInputs, dot_product_attention, make_mask
 from lm.models.config import ModelConfig
 from lm.models.positions import alibi_bias, alibi_slopes, rope
 
@@ -66,10 +66,10 @@ def test_hidden_positions_get_exactly_zero_gradient(backend, switches, pattern):
   attn = Attention(cfg)
   x = jax.random.normal(jax.random.PRNGKey(0), (1, L, 16))
   pos = POS_BL[:1]
-  params = attn.init(jax.random.PRNGKey(1), x, pos, None)
+  params = attn.init(jax.random.PRNGKey(1), x, LayerInputs(pos))
 
   def out_L(x):  # each query position's output, summed over features
-    return jnp.sum(attn.apply(params, x, pos, None)[0], axis=-1)
+    return jnp.sum(attn.apply(params, x, LayerInputs(pos))[0], axis=-1)
 
   grad_LL = np.abs(np.asarray(jax.jit(jax.jacrev(out_L))(x))[:, 0]).sum(-1)  # [i, j]
   for i in range(L):
@@ -187,3 +187,23 @@ def test_prefix_mask_shares_a_context_with_each_continuation():
                        [1, 1, 1, 0, 0, 1, 0],   # B: the context and itself, never A
                        [0, 0, 0, 0, 0, 0, 1]], bool)
   np.testing.assert_array_equal(mask, expected)
+
+
+def test_decode_keys_are_the_filled_cache_slots_up_to_the_query():
+  """A decode step's queries attend over cache slots, not over the call's own tokens: a slot is
+  visible when it holds a token (position >= 0) at or before the query's position (and within
+  the window); the keys' positions are the slots' (for position biases)."""
+  slots_BS = jnp.asarray([[6, 7, 2, 3, 4, 5, -1, -1], [0, 1, 2, -1, -1, -1, -1, -1]])
+  inputs = LayerInputs(positions_BL=jnp.asarray([[7], [2]]), cache_pos_BS=slots_BS,
+                       cache_index=jnp.asarray(8))
+  for window in (None, 3):
+    mask, k_pos_BS = inputs.keys(ModelConfig(attention_window=window), decode=True)
+    expected = np.array([[1, 1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 0, 0, 0, 0, 0]], bool)
+    if window == 3:  # query 7 sees 5, 6, 7; query 2 sees 0, 1, 2
+      expected[0] = [1, 1, 0, 0, 0, 1, 0, 0]
+    np.testing.assert_array_equal(np.asarray(mask)[:, 0, 0], expected)
+    np.testing.assert_array_equal(k_pos_BS, slots_BS)
+  # Without decode the same inputs describe the call's own tokens (here one per row).
+  mask, k_pos_BS = inputs.keys(ModelConfig(), decode=False)
+  assert mask.shape == (2, 1, 1, 1) and bool(mask.all())
+  np.testing.assert_array_equal(k_pos_BS, inputs.positions_BL)

@@ -108,6 +108,40 @@ def make_mask(q_pos_BL, k_pos_BS, q_seg_BL=None, k_seg_BS=None, window: int | No
   return mask_BLS[:, None]
 
 
+@flax.struct.dataclass
+class LayerInputs:
+  """What every layer reads of one call besides its activations: where each token sits and
+  which keys it may see. Transformer builds it once per call; a new per-call input (e.g. an
+  encoder's outputs and their segment ids) is one more field here, not one more argument of
+  every layer.
+
+  positions_BL: each token's position in its sequence.
+  segment_ids_BL: the packed sequence of each token (0: padding); None: one per row.
+  prefix_ids_BL: per token a second segment it also sees (make_mask's q_prefix_BL); None: none.
+  cache_pos_BS: with a KV cache, the position of the token in each slot once this call's
+    tokens are written (-1: empty or padding); None without a cache.
+  cache_index: with a KV cache, the tokens written before this call (KVCache.index).
+  """
+  positions_BL: jax.Array
+  segment_ids_BL: jax.Array | None = None
+  prefix_ids_BL: jax.Array | None = None
+  cache_pos_BS: jax.Array | None = None
+  cache_index: jax.Array | None = None
+
+  def keys(self, cfg: ModelConfig, decode: bool):
+    """(mask [B, 1, L, S], key positions [B, S]) of what the queries attend over: the call's
+    own tokens, or with `decode` every cache slot (a slot is one segment of its own row)."""
+    k_pos_BS, q_seg_BL, k_seg_BS = self.positions_BL, self.segment_ids_BL, self.segment_ids_BL
+    if decode:
+      k_pos_BS, k_seg_BS = self.cache_pos_BS, (self.cache_pos_BS >= 0).astype(jnp.int32)
+      q_seg_BL = jnp.ones_like(self.positions_BL, jnp.int32)
+    mask_B1LS = make_mask(self.positions_BL, k_pos_BS, q_seg_BL, k_seg_BS,
+                          window=cfg.attention_window, sparse_block=cfg.sparse_block_size,
+                          sparse_summary=cfg.sparse_summary_tokens,
+                          sparse_global=cfg.sparse_global_tokens, q_prefix_BL=self.prefix_ids_BL)
+    return mask_B1LS, k_pos_BS
+
+
 def _xla_implementation(dtype) -> str | None:
   """'cudnn' where jax.nn.dot_product_attention has a cuDNN kernel for `dtype`, else None (XLA)."""
   on_gpu = jax.default_backend() == "gpu"
@@ -156,9 +190,9 @@ def dot_product_attention(q_BLHK, k_BSGK, v_BSGK, mask_B1LS, backend: str = "jnp
   g = k_BSGK.shape[2]
   if g == h:  # MHA: plain 4-D dots, which XLA:CPU runs faster than the grouped 5-D form
     q, scores_eq, out_eq = q_BLHK, "blhk,bshk->bhls", "bhls,bshk->blhk"
-  else:  # query heads grouped by the key/value head they share: [B, L, G, H/G, K]
+  else:  # query heads grouped by the key/value head they share: [B, L, G, Q = H/G, K]
     q = q_BLHK.reshape(b, l, g, h // g, k)
-    scores_eq, out_eq = "blgrk,bsgk->bgrls", "bgrls,bsgk->blgrk"
+    scores_eq, out_eq = "blgqk,bsgk->bgqls", "bgqls,bsgk->blgqk"
   scores = jnp.einsum(scores_eq, q * (k ** -0.5), k_BSGK).astype(jnp.float32)
   if softcap is not None:
     scores = softcap * jnp.tanh(scores / softcap)
@@ -202,8 +236,8 @@ class Attention(nn.Module):
   layers, it also returns the updated (k, v):
   - cache_mode 'prefill': the cache is empty; the tokens (real ones marked by segment id 1,
     padding by 0) attend among themselves, then are written to slots 0.. (mod S).
-  - cache_mode 'decode': the tokens are written at slot `index` (mod S), then attend to every
-    slot whose position `cache_pos_BS` (after the write) the mask allows.
+  - cache_mode 'decode': the tokens are written at slot `inputs.cache_index` (mod S), then
+    attend to every slot whose position `inputs.cache_pos_BS` (after the write) the mask allows.
   causal: positions are 0..L-1 in every row, one segment, no cache (a plain causal mask).
   """
   cfg: ModelConfig
@@ -212,10 +246,10 @@ class Attention(nn.Module):
   causal: bool = False
 
   @nn.compact
-  def __call__(self, x_BLD, positions_BL, segment_ids_BL, kv=None, cache_pos_BS=None,
-               index=None, prefix_ids_BL=None):
+  def __call__(self, x_BLD, inputs: LayerInputs, kv=None):
     cfg = self.cfg
     d, h, g, k = cfg.d_model, cfg.num_heads, cfg.kv_heads, cfg.dim_per_head
+    positions_BL = inputs.positions_BL
     q_BLHK = DenseGeneral((d,), (h, k), ("embed", "heads", "head_dim"), cfg, name="query")(x_BLD)
     k_BLGK = DenseGeneral((d,), (g, k), ("embed", "kv_heads", "head_dim"), cfg, name="key")(x_BLD)
     v_BLGK = DenseGeneral((d,), (g, k), ("embed", "kv_heads", "head_dim"), cfg, name="value")(x_BLD)
@@ -229,18 +263,14 @@ class Attention(nn.Module):
     q_BLHK = constrain(q_BLHK, ("batch", "length", "heads", "head_dim"))
     k_BLGK = constrain(k_BLGK, ("batch", "length", "kv_heads", "head_dim"))
     v_BLGK = constrain(v_BLGK, ("batch", "length", "kv_heads", "head_dim"))
-    new_kv, k_pos_BS, q_seg_BL, k_seg_BS = None, positions_BL, segment_ids_BL, segment_ids_BL
+    new_kv, decode = None, kv is not None and self.cache_mode == "decode"
     if kv is not None:
-      write = functools.partial(_write_layer, prefill=self.cache_mode == "prefill", index=index)
+      write = functools.partial(_write_layer, prefill=self.cache_mode == "prefill",
+                                index=inputs.cache_index)
       new_kv = (write(kv[0], k_BLGK, *kv[2:]), write(kv[1], v_BLGK, *kv[2:]))
-      if self.cache_mode == "decode":  # attend over every slot
+      if decode:  # attend over every slot
         k_BLGK, v_BLGK = (_layer_slice(c, *kv[2:]) for c in new_kv)
-        k_pos_BS, k_seg_BS = cache_pos_BS, (cache_pos_BS >= 0).astype(jnp.int32)
-        q_seg_BL = jnp.ones_like(positions_BL, jnp.int32)
-    mask = make_mask(positions_BL, k_pos_BS, q_seg_BL, k_seg_BS,
-                     window=cfg.attention_window, sparse_block=cfg.sparse_block_size,
-                     sparse_summary=cfg.sparse_summary_tokens,
-                     sparse_global=cfg.sparse_global_tokens, q_prefix_BL=prefix_ids_BL)
+    mask_B1LS, k_pos_BS = inputs.keys(cfg, decode)
     bias_BHLS = None  # built only when used: the default path adds nothing to the scores
     if cfg.positions == "alibi":
       bias_BHLS = alibi_bias(positions_BL, k_pos_BS, h)
@@ -250,7 +280,7 @@ class Attention(nn.Module):
     if cfg.attention_dropout_rate > 0 and not self.deterministic:
       dropout_rng = self.make_rng("dropout")
     out_BLHK = dot_product_attention(
-        q_BLHK, k_BLGK, v_BLGK, mask, cfg.attention_backend, bias_BHLS=bias_BHLS,
+        q_BLHK, k_BLGK, v_BLGK, mask_B1LS, cfg.attention_backend, bias_BHLS=bias_BHLS,
         softcap=cfg.attn_logit_softcap, dropout_rate=cfg.attention_dropout_rate,
         dropout_rng=dropout_rng, causal=self.causal and cfg.sparse_block_size is None,
         window=cfg.attention_window)

@@ -27,9 +27,9 @@ class LearnedPositions(nn.Module):
 
 def sinusoidal(positions_BL, d: int, dtype):
   """The original Transformer's fixed encoding: [sin(p w_i), cos(p w_i)], w_i = 1e4^(-2i/d)."""
-  inv_freq_D2 = 10_000.0 ** (-jnp.arange(0, d, 2, dtype=jnp.float32) / d)
-  angles_BLD2 = positions_BL[..., None].astype(jnp.float32) * inv_freq_D2
-  return jnp.concatenate([jnp.sin(angles_BLD2), jnp.cos(angles_BLD2)], axis=-1).astype(dtype)
+  inv_freq_A = 10_000.0 ** (-jnp.arange(0, d, 2, dtype=jnp.float32) / d)  # A = d / 2
+  angles_BLA = positions_BL[..., None].astype(jnp.float32) * inv_freq_A
+  return jnp.concatenate([jnp.sin(angles_BLA), jnp.cos(angles_BLA)], axis=-1).astype(dtype)
 
 
 def rope_frequencies(cfg: ModelConfig) -> np.ndarray:
@@ -54,16 +54,16 @@ def rope_frequencies(cfg: ModelConfig) -> np.ndarray:
   return inv_freq
 
 
-def rope(x_BLHK, positions_BL, inv_freq_R2, layout: str = "half"):
-  """Rotates the first R = 2 len(inv_freq) dims of each head by position * inv_freq.
+def rope(x_BLHK, positions_BL, inv_freq_A, layout: str = "half"):
+  """Rotates the first 2A dims of each head (A = len(inv_freq)) by position * inv_freq.
 
-  layout 'half' pairs dim i with i + R/2 (HF Llama, GPT-NeoX); 'interleaved' pairs 2i with
-  2i + 1 (GPT-J, Meta's original Llama). Dims past R pass through unrotated (partial rotary).
+  layout 'half' pairs dim i with i + A (HF Llama, GPT-NeoX); 'interleaved' pairs 2i with
+  2i + 1 (GPT-J, Meta's original Llama). Dims past 2A pass through unrotated (partial rotary).
   Computed in float32 so long positions keep their precision.
   """
-  r = 2 * inv_freq_R2.shape[-1]
-  angles_BLR2 = positions_BL[..., None].astype(jnp.float32) * jnp.asarray(inv_freq_R2)
-  sin, cos = jnp.sin(angles_BLR2)[:, :, None, :], jnp.cos(angles_BLR2)[:, :, None, :]
+  r = 2 * inv_freq_A.shape[-1]
+  angles_BLA = positions_BL[..., None].astype(jnp.float32) * jnp.asarray(inv_freq_A)
+  sin, cos = jnp.sin(angles_BLA)[:, :, None, :], jnp.cos(angles_BLA)[:, :, None, :]
   x32 = x_BLHK.astype(jnp.float32)
   rot, rest = x32[..., :r], x32[..., r:]
   if layout == "half":
@@ -108,10 +108,10 @@ class RelativeBias(nn.Module):
   @nn.compact
   def __call__(self, q_pos_BL, k_pos_BS):
     cfg = self.cfg
-    table_NH = param_with_axes(self, "embedding", nn.initializers.normal(cfg.init_std),
+    table_UH = param_with_axes(self, "embedding", nn.initializers.normal(cfg.init_std),
                                (cfg.relative_buckets, cfg.num_heads), (None, "heads"),
                                cfg.weight_dtype)
     buckets_BLS = relative_bucket(q_pos_BL[:, :, None] - k_pos_BS[:, None, :],
                                   cfg.relative_buckets, cfg.relative_max_distance)
-    bias_BLSH = jnp.take(table_NH.astype(jnp.float32), buckets_BLS, axis=0)
+    bias_BLSH = jnp.take(table_UH.astype(jnp.float32), buckets_BLS, axis=0)
     return bias_BLSH.transpose(0, 3, 1, 2)

@@ -3,7 +3,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lm.models.attention import Attention, KVCache, write_prefill, write_step
+from lm.models.attention import Attention, KVCache, LayerInputs, write_prefill, write_step
 from lm.models.config import ModelConfig
 from lm.models.layers import DenseGeneral, Embed, Mlp, Norm, constrain
 from lm.models.positions import LearnedPositions, sinusoidal
@@ -21,7 +21,7 @@ class Block(nn.Module):
   sequential post-norm (2017 Transformer): x = ln_attn(x + attn(x)); x = ln_mlp(x + mlp(x))
   parallel (GPT-J, GPT-NeoX): x += attn(ln_attn(x)) + mlp(ln_mlp(x))
 
-  Returns (x, the layer's updated (k, v) cache or None); see Attention for the cache arguments.
+  Returns (x, the layer's updated (k, v) cache or None); see Attention for `inputs` and `kv`.
   """
   cfg: ModelConfig
   deterministic: bool = True
@@ -29,15 +29,14 @@ class Block(nn.Module):
   causal: bool = False
 
   @nn.compact
-  def __call__(self, x_BLD, positions_BL, segment_ids_BL, kv=None, cache_pos_BS=None,
-               index=None, prefix_ids_BL=None):
+  def __call__(self, x_BLD, inputs: LayerInputs, kv=None):
     cfg = self.cfg
     drop = lambda y: nn.Dropout(cfg.dropout_rate)(y, deterministic=self.deterministic)
     new_kv = []
 
     def attn(y):
       out = Attention(cfg, self.deterministic, self.cache_mode, self.causal, name="attn")(
-          y, positions_BL, segment_ids_BL, kv, cache_pos_BS, index, prefix_ids_BL)
+          y, inputs, kv)
       if kv is None:
         return out
       new_kv.append(out[1])
@@ -57,14 +56,13 @@ class Block(nn.Module):
 
 
 class _ScanBlock(Block):
-  """Block with nn.scan's signature: carry (x, stacked (k, v) cache or None), layer number."""
+  """Block with nn.scan's signature: carry (x, stacked (k, v) cache or None), layer number, and
+  the call's LayerInputs (broadcast to every layer)."""
 
-  def __call__(self, carry, layer, positions_BL, segment_ids_BL, cache_pos_BS=None,
-               index=None, prefix_ids_BL=None):
+  def __call__(self, carry, layer, inputs: LayerInputs):
     x_BLD, kv = carry
     layer_kv = None if kv is None else (kv[0], kv[1], layer)
-    x_BLD, kv = super().__call__(x_BLD, positions_BL, segment_ids_BL, layer_kv, cache_pos_BS,
-                                 index, prefix_ids_BL)
+    x_BLD, kv = super().__call__(x_BLD, inputs, layer_kv)
     return (x_BLD, kv), None
 
 
@@ -81,7 +79,9 @@ class Transformer(nn.Module):
   cache_mode='prefill' runs a prompt batch on an empty cache (segment_ids 1 for real tokens, 0
   for padding); cache_mode='decode' appends tokens at cache.index. The model holds no decoding
   loop: lm.decoding drives it. last_only: logits of the last column only ([B, 1, vocab]);
-  logits_at_BK: logits of those columns only ([B, K, vocab]).
+  logits_at_BC: logits of those columns only ([B, C, vocab]).
+
+  Every layer gets these per-call inputs as one LayerInputs (lm.models.attention).
   """
   cfg: ModelConfig
 
@@ -89,7 +89,7 @@ class Transformer(nn.Module):
   def __call__(self, tokens_BL, positions_BL=None, segment_ids_BL=None,
                deterministic: bool = True, cache: KVCache | None = None,
                cache_mode: str = "prefill", last_only: bool = False, prefix_ids_BL=None,
-               logits_at_BK=None):
+               logits_at_BC=None):
     cfg = self.cfg
     causal = positions_BL is None and segment_ids_BL is None and cache is None
     if positions_BL is None:
@@ -103,13 +103,14 @@ class Transformer(nn.Module):
     x_BLD = nn.Dropout(cfg.dropout_rate)(x_BLD, deterministic=deterministic)
     x_BLD = constrain(x_BLD, ("batch", "length", "embed"))
 
-    kv = cache_pos_BS = index = None
+    kv, inputs = None, LayerInputs(positions_BL, segment_ids_BL, prefix_ids_BL)
     if cache is not None:
-      kv, index = (cache.k, cache.v), cache.index
+      kv = (cache.k, cache.v)
       if cache_mode == "prefill":
         cache_pos_BS = write_prefill(cache.pos_BS, jnp.where(segment_ids_BL > 0, positions_BL, -1))
       else:
-        cache_pos_BS = write_step(cache.pos_BS, positions_BL, index)
+        cache_pos_BS = write_step(cache.pos_BS, positions_BL, cache.index)
+      inputs = inputs.replace(cache_pos_BS=cache_pos_BS, cache_index=cache.index)
 
     block_args = dict(deterministic=deterministic, cache_mode=cache_mode, causal=causal)
     block = _ScanBlock if cfg.scan_layers else Block
@@ -118,26 +119,23 @@ class Transformer(nn.Module):
     if cfg.scan_layers:
       # The carry holds x and the stacked cache; the scanned input is the layer number.
       stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True,
-                      "dropout": True}, in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast,
-                                                 nn.broadcast, nn.broadcast),
+                      "dropout": True}, in_axes=(0, nn.broadcast),
                       length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
       (x_BLD, kv), _ = stack(cfg, name="layers", **block_args)(
-          (x_BLD, kv), jnp.arange(cfg.num_layers), positions_BL, segment_ids_BL, cache_pos_BS,
-          index, prefix_ids_BL)
+          (x_BLD, kv), jnp.arange(cfg.num_layers), inputs)
     else:
       new_kv = []
       for i in range(cfg.num_layers):
         layer_kv = None if kv is None else (kv[0][i], kv[1][i])
-        x_BLD, layer_kv = block(cfg, name=f"layer_{i}", **block_args)(
-            x_BLD, positions_BL, segment_ids_BL, layer_kv, cache_pos_BS, index, prefix_ids_BL)
+        x_BLD, layer_kv = block(cfg, name=f"layer_{i}", **block_args)(x_BLD, inputs, layer_kv)
         new_kv.append(layer_kv)
       if kv is not None:
         kv = tuple(zip(*new_kv))
 
     if last_only:
       x_BLD = x_BLD[:, -1:]
-    if logits_at_BK is not None:
-      x_BLD = jnp.take_along_axis(x_BLD, logits_at_BK[..., None], axis=1)
+    if logits_at_BC is not None:
+      x_BLD = jnp.take_along_axis(x_BLD, logits_at_BC[..., None], axis=1)
     if cfg.norm_position == "pre":  # post-norm blocks already end in a norm
       x_BLD = Norm(cfg, name="ln_final")(x_BLD)
     if cfg.tie_embeddings:
@@ -154,5 +152,6 @@ class Transformer(nn.Module):
       next_pos_B = jnp.max(jnp.where(segment_ids_BL > 0, positions_BL + 1, 0), axis=1)
     else:
       next_pos_B = positions_BL[:, -1] + 1
-    return logits_BLV, KVCache(k=kv[0], v=kv[1], pos_BS=cache_pos_BS, index=index + length,
+    return logits_BLV, KVCache(k=kv[0], v=kv[1], pos_BS=inputs.cache_pos_BS,
+                               index=cache.index + length,
                                next_pos_B=next_pos_B.astype(jnp.int32))

@@ -45,7 +45,7 @@ def packed_logprobs(module, params, tokens_BR, positions_BR, segments_BR, prefix
   """(log p [B, E], is-greedy [B, E]) of targets_BE[b, e] at scored position at_BE[b, e] (an
   index into at_BK, the row positions whose logits are computed)."""
   logits_BKV = module.apply({"params": params}, tokens_BR, positions_BR, segments_BR,
-                            prefix_ids_BL=prefixes_BR, logits_at_BK=at_BK)
+                            prefix_ids_BL=prefixes_BR, logits_at_BC=at_BK)
   rows_B1 = jnp.arange(at_BE.shape[0])[:, None]
   logz_BK = jax.nn.logsumexp(logits_BKV, axis=-1)
   lp_BE = logits_BKV[rows_B1, at_BE, targets_BE] - logz_BK[rows_B1, at_BE]
