@@ -15,13 +15,13 @@ From the bottom up (a package's modules share its floor; imports inside function
   8  lm.sweep
   9  lm.cli                                    the console scripts
 
-No two files import each other, directly or round a circle, except lm.data.inputs <->
-lm.data.pipeline: the TensorFlow boundary (inputs, importable without TensorFlow, builds
-SeqIO batches through pipeline inside a function; pipeline takes its InputConfig).
+No two files import each other, directly or round a circle. The TensorFlow boundary is one
+way too: lm.data.inputs (importable without TensorFlow) builds SeqIO batches through
+lm.data.pipeline inside a function, and pipeline takes an InputConfig without importing it.
 
-The imports that still run upward, and circles still open, are listed below with the work
-that removes them: the test fails on a new one and also when a listed one is gone (delete its
-line then), so the lists only shrink.
+The imports that still run upward are listed below with the work that removes them: the test
+fails on a new one and also when a listed one is gone (delete its line then), so the list
+only shrinks.
 """
 import ast
 import collections
@@ -50,9 +50,6 @@ PENDING_UPWARD = {
     ("lm.training.loop", "lm.finetuning.lora"),
     ("lm.training.validate", "lm.evaluation.training"),
 }
-TF_BOUNDARY = frozenset({"lm.data.inputs", "lm.data.pipeline"})
-# Circles still to open (issue 20 item 7: mixtures get their member iterators passed in).
-PENDING_CYCLES = {frozenset({"lm.data.inputs", "lm.data.mixtures", "lm.data.pipeline"})}
 
 
 def floor(module: str) -> int | None:
@@ -157,12 +154,9 @@ def test_no_import_runs_up_a_floor():
   assert not gone, f"no longer upward: delete them from PENDING_UPWARD: {gone}"
 
 
-def test_no_import_circles_but_the_tensorflow_boundary():
-  found = cycles(GRAPH)
-  new = sorted(sorted(c) for c in found - PENDING_CYCLES - {TF_BOUNDARY})
-  assert not new, f"import circles between files: {new}"
-  gone = sorted(sorted(c) for c in PENDING_CYCLES - found)
-  assert not gone, f"circles now open: delete them from PENDING_CYCLES: {gone}"
+def test_no_import_circles():
+  found = sorted(sorted(c) for c in cycles(GRAPH))
+  assert not found, f"import circles between files: {found}"
 
 
 def test_the_checks_see_upward_imports_and_circles():
