@@ -3,7 +3,8 @@
 Found by tracing the model's init abstractly (nothing is allocated) with every DenseGeneral call
 intercepted, so new layers are covered without a list of names. Each matrix is described by a
 `Kernel`: its path in the param tree, its shape and which dimensions it contracts (input) and
-produces (output); `as_2d` / `from_2d` move between the stored layout and [(layers,) I, O].
+produces (output); `as_2d` / `from_2d` move between the stored layout and [(X,) I, O] (X: the
+stacked layers of scan_layers; docs/conventions.md has the letters).
 """
 import dataclasses
 import functools
@@ -49,7 +50,7 @@ class Kernel:
     return self.path in EMBEDDING_PATHS
 
   def as_2d(self, w):
-    """The stored array -> [(layers,) I, O] (an embedding table is transposed)."""
+    """The stored array -> [(X,) I, O] (an embedding table is transposed)."""
     order = tuple(range(self.lead)) + self.in_dims + self.out_dims
     w = jnp.transpose(w, order)
     return w.reshape(self.shape[:self.lead] + (self.in_size, self.out_size))

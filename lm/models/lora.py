@@ -3,8 +3,8 @@
 The model is unchanged. A LoRA run trains a tree of adapters, one (A, B) pair per chosen
 kernel, and its forward pass runs the ordinary Transformer on `merge(frozen_base, adapters)`.
 Kernels are chosen by name (TARGETS) and keep this codebase's x @ W layout: a kernel of shape
-S + I + O (S: the stacked `layers` axis of scan_layers, if any; I: contracted input dims; O:
-output dims) gets A of shape S + I + (rank,) and B of shape S + (rank,) + O, whose logical
+X + I + O (X: the stacked `layers` axis of scan_layers, if any; I: contracted input dims; O:
+output dims) gets A of shape X + I + (rank,) and B of shape X + (rank,) + O, whose logical
 axis names are the kernel's (plus an unsharded `lora_rank`), so adapters shard like their base.
 A starts normal with std 1/sqrt(prod(I)), B at zero: a new run starts exactly at the base.
 
@@ -120,13 +120,13 @@ def merge(base, adapters, lora: LoraConfig, rng=None, dtype=None, pruned=()):
     b, w = flat_adapters[owner + ("lora_b",)], flat[owner + ("kernel",)]
     split = a.ndim - 1  # stacked + input dims
     stack = split - kernels[owner[-2:]]
-    a_SIR = a.astype(jnp.float32).reshape(a.shape[:stack] + (-1, lora.rank))
+    a_XIR = a.astype(jnp.float32).reshape(a.shape[:stack] + (-1, lora.rank))
     if rng is not None and lora.dropout:
       keep = jax.random.bernoulli(jax.random.fold_in(rng, i), 1 - lora.dropout,
-                                  a_SIR.shape[:-1] + (1,))
-      a_SIR = jnp.where(keep, a_SIR / (1 - lora.dropout), 0)
-    b_SRO = b.astype(jnp.float32).reshape(b.shape[:stack] + (lora.rank, -1))
-    delta = jnp.matmul(a_SIR, b_SRO).reshape(w.shape) * lora.scale
+                                  a_XIR.shape[:-1] + (1,))
+      a_XIR = jnp.where(keep, a_XIR / (1 - lora.dropout), 0)
+    b_XRO = b.astype(jnp.float32).reshape(b.shape[:stack] + (lora.rank, -1))
+    delta = jnp.matmul(a_XIR, b_XRO).reshape(w.shape) * lora.scale
     if owner + ("kernel",) in pruned:
       delta = jnp.where(w == 0, 0.0, delta)
     flat[owner + ("kernel",)] = (w.astype(jnp.float32) + delta).astype(dtype or jnp.float32)

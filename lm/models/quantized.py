@@ -1,11 +1,12 @@
 """The quantized weight format: symmetric int8 per output channel, int4 in groups.
 
 Every matrix (lm.models.kernels: dense kernels and embedding tables, minus `skip`) is
-viewed as W [(layers,) I, O] and stored as {"q": ..., "scale": ...}:
-  int8: q int8 [(L,) I, O], scale float32 [(L,) 1, O] = max_i |W[i, o]| / 127;
-  int4: q uint8 [(L,) I/2, O], two values per byte (row 2j in the low nibble, 2j+1 in the high,
-        each stored as q + 8), scale float32 [(L,) I/G, O] = max |W| / 7 over each group of G
-        consecutive input rows (G: the largest divisor of I not above group_size).
+viewed as W [(X,) I, O] (X: the stacked layers of scan_layers) and stored as
+{"q": ..., "scale": ...}:
+  int8: q int8 [(X,) I, O], scale float32 [(X,) 1, O] = max_i |W[i, o]| / 127;
+  int4: q uint8 [(X,) I/2, O], two values per byte (row 2j in the low nibble, 2j+1 in the high,
+        each stored as q + 8), scale float32 [(X,) J, O] = max |W| / 7 over each of the J
+        groups of M consecutive input rows (M: the largest divisor of I not above group_size).
 W ~= q * scale; rounding to nearest keeps |W - q * scale| <= scale / 2. Norm scales, biases
 and the relative-position table stay in float.
 
@@ -58,7 +59,7 @@ def quantize_2d(w_IO, bits: int, group: int) -> dict:
   *lead, i, o = w_IO.shape
   w = w_IO.astype(jnp.float32).reshape(tuple(lead) + (i // group, group, o))
   qmax = QMAX[bits]
-  scale = jnp.max(jnp.abs(w), axis=-2) / qmax  # [..., I/G, O]
+  scale = jnp.max(jnp.abs(w), axis=-2) / qmax  # [..., J, O]
   safe = jnp.where(scale == 0, 1.0, scale)[..., None, :]
   q = jnp.clip(jnp.round(w / safe), -qmax, qmax).astype(jnp.int8).reshape(w_IO.shape)
   return {"q": pack_int4(q) if bits == 4 else q, "scale": scale}
@@ -124,11 +125,11 @@ def quantized_matmul(x_NI, leaf: dict, dtype):
   if groups == 1:
     y_NO = jax.lax.dot(x_NI, q, preferred_element_type=jnp.float32) * scale[0]
   else:
-    x_GNg = jnp.swapaxes(x_NI.reshape(-1, groups, i // groups), 0, 1)
-    y_GNO = jax.lax.dot_general(x_GNg, q.reshape(groups, i // groups, o),
+    x_JNM = jnp.swapaxes(x_NI.reshape(-1, groups, i // groups), 0, 1)
+    y_JNO = jax.lax.dot_general(x_JNM, q.reshape(groups, i // groups, o),
                                 (((2,), (1,)), ((0,), (0,))),
                                 preferred_element_type=jnp.float32)
-    y_NO = jnp.einsum("gno,go->no", y_GNO, scale)
+    y_NO = jnp.einsum("jno,jo->no", y_JNO, scale)
   return y_NO.astype(dtype)
 
 
