@@ -10,6 +10,7 @@ import pytest
 import lm.cli.train  # noqa: F401  (registers sample_after_training)
 import lm.data.pipeline  # noqa: F401  (registers the SeqIO tasks)
 import lm.data.arrays  # noqa: F401  (TF-free inputs)
+import lm.data.inputs  # noqa: F401  (InputConfig, make_batches)
 from conftest import REPO
 from lm.cli.common import parse_gin
 from lm.models.config import ModelConfig, num_params
