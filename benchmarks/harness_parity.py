@@ -9,7 +9,7 @@ YAML per task over that file (multiple choice: `{{query}}` + " " + choice; Winog
 harness's partial scoring, one context per option; LAMBADA: a loglikelihood task with
 perplexity and acc), runs `lm-eval` and `python -m lm_eval --model hf` on them and prints one
 row per metric with both values. The prompts themselves follow the harness's task definitions
-(README, Evaluation); this compares the two scorers on identical requests.
+(docs/evaluation.md); this compares the two scorers on identical requests.
 """
 import argparse
 import json

@@ -240,7 +240,7 @@ def test_full_disk_while_checkpointing_keeps_earlier_checkpoints(tmp_path, monke
   assert full.returncode == 1, full.stderr
   # The error line. Orbax's dying background writers print tracebacks concurrently, so in CI the
   # message has ended a "RuntimeError: " line or followed a traceback's indent on the same line (a
-  # known race, see README "Failure behaviour"); never a traceback through lm's code.
+  # known race, see docs/training.md, "Failure behaviour"); never a traceback through lm's code.
   message = f"error: cannot write a checkpoint to {run}/checkpoints: "
   errors = [l[l.index(message):] for l in full.stderr.splitlines() if message in l]
   assert errors, full.stderr

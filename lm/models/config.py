@@ -18,7 +18,7 @@ _POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "relative", "none")
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """Hyper-parameters of a decoder-only transformer (see README for each switch)."""
+  """Hyper-parameters of a decoder-only transformer (docs/models.md describes each switch)."""
   vocab_size: int = 256
   # Embedding / unembedding rows padded up to a multiple of this (e.g. 128: GPT-2's 50,257 ->
   # 50,304, divisible by the tensor axis). Padded rows are never predicted: the model returns
