@@ -110,13 +110,17 @@ def test_killed_sweep_resumes_and_skips_finished_runs(swept):
   record = results.read_json(os.path.join(out, LEARNED, results.RUN_RECORD))
   assert len(record["attempts"]) == 1
   assert open(os.path.join(out, LEARNED, "metrics.jsonl")).read() == learned_metrics
-  # rope, left behind by the killed sweep, got SIGTERM and saved at its current step; the
-  # re-run resumed it from there and ran to the end, every step logged once.
+  # rope, left behind by the killed sweep, got SIGTERM (the parent-death signal) and saved at
+  # its current step, or, when the signal came before its handlers were watching, left its
+  # last periodic checkpoint; the re-run resumed it from there and ran to the end, every step
+  # logged once.
   attempts = results.read_json(os.path.join(out, ROPE, results.RUN_RECORD))["attempts"]
   assert len(attempts) == 2 and attempts[0]["returncode"] is None
-  assert attempts[1]["start_step"] in range(50, 400) and attempts[1]["returncode"] == 0
+  start = attempts[1]["start_step"]
+  assert start in range(50, 400) and attempts[1]["returncode"] == 0
   with open(os.path.join(out, ROPE, results.TRAIN_LOG)) as f:
-    assert f"stopped by SIGTERM at step {attempts[1]['start_step']}: checkpoint saved" in f.read()
+    saved = f"stopped by SIGTERM at step {start}: checkpoint saved" in f.read()
+  assert saved or start % 50 == 0, start
   assert f"start {ROPE} (resuming at step {attempts[1]['start_step']})" in rerun.stdout
   assert _steps(os.path.join(out, ROPE)) == list(range(10, 401, 10))
   assert _steps(os.path.join(out, ROPE), "eval/loss") == list(range(50, 401, 50))
