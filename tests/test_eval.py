@@ -267,13 +267,19 @@ def test_lm_eval_merges_each_run_into_the_step_report(trained_run, tmp_path, cap
   assert "error: " in capsys.readouterr().err and open(path).read() == "{not json"
 
 
-def test_lm_eval_bad_options_and_files_are_one_error_line(trained_run, tmp_path, capsys):
-  from lm.cli import eval as eval_cli
+def _copa_data_dir(tmp_path):
+  """A data dir holding a 3-document copa.jsonl (every gold choice 0)."""
   data = tmp_path / "data"
   (data / "copa").mkdir(parents=True)
   (data / "copa" / "copa.jsonl").write_text("".join(json.dumps(
       {"query": f"the man fell {i}, because", "choices": ["he slipped", "he sang"], "gold": 0})
       + "\n" for i in range(3)))
+  return data
+
+
+def test_lm_eval_bad_options_and_files_are_one_error_line(trained_run, tmp_path, capsys):
+  from lm.cli import eval as eval_cli
+  data = _copa_data_dir(tmp_path)
   strings = tmp_path / "strings.jsonl"
   strings.write_text('{"text": "a document"}\n"a string, not an object"\n')
   docs = tmp_path / "docs.txt"
@@ -348,11 +354,7 @@ def test_training_eval_reuses_its_compiled_model(trained_run, tmp_path):
   import lm
   from jax._src import dispatch
   from lm.evaluation import training
-  data = tmp_path / "data"
-  (data / "copa").mkdir(parents=True)
-  (data / "copa" / "copa.jsonl").write_text("".join(json.dumps(
-      {"query": f"the man fell {i}, because", "choices": ["he slipped", "he sang"], "gold": 0})
-      + "\n" for i in range(3)))
+  data = _copa_data_dir(tmp_path)
   docs = tmp_path / "docs.txt"
   docs.write_text("first citizen: before we proceed any further, hear me speak. " * 3)
   loaded = lm.load(trained_run)
