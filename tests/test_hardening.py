@@ -22,6 +22,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from conftest import NANO_RUN, REPO
 from lm.cli import train
 from lm.errors import UserError
+from lm.evaluation.training import EvalTasks
 from lm.models.transformer import Transformer
 from lm.sharding import DEFAULT_RULES, batch_sharding, global_batch, use_mesh
 from lm.model_dir import latest_step, read_params
@@ -257,7 +258,7 @@ def test_eval_tasks_during_training(trained_run, tmp_path):
   text = tmp_path / "val.txt"
   text.write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n")
   task = f"ppl:{text}"
-  _loop(run, steps=4, eval_every=2, eval_tasks=[task], eval_data_dir=str(tmp_path))
+  _loop(run, steps=4, eval_every=2, hooks=[EvalTasks([task], data_dir=str(tmp_path))])
   rows = [r for r in _rows(run) if f"eval/{task}/bits_per_byte" in r]
   assert [r["step"] for r in rows] == [2, 4]
   # The same figures from the saved checkpoint through lm-eval's own path.
