@@ -16,6 +16,7 @@ import sys
 import flax.linen as nn
 import jax
 import numpy as np
+import optax
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -250,6 +251,29 @@ def test_full_disk_while_checkpointing_keeps_earlier_checkpoints(tmp_path, monke
   assert latest_step(str(run / "checkpoints")) == 2
   jax.tree.map(np.testing.assert_array_equal,
                read_params(str(run / "checkpoints")), params_2)
+
+
+def test_injected_hooks_and_optimizer_wrappers(tmp_path):
+  """The loop's features come from outside: a hook runs at every eval step on the model's
+  params and its scalars are logged there; each optimizer wrapper gets tx and init_from."""
+  seen, wrapped = [], []
+
+  def hook(info):
+    seen.append((info.step, info.model_dir, jax.tree.leaves(info.params)[0].shape))
+    return {"hook/step": float(info.step)}
+
+  def freeze(tx, init_from):  # an optimizer wrapper whose updates are zero: params stay put
+    wrapped.append(init_from)
+    return optax.chain(tx, optax.scale(0.0))
+
+  run = tmp_path / "run"
+  result = _loop(run, steps=5, eval_every=2, hooks=[hook], optimizer_wrappers=[freeze])
+  shape = jax.tree.leaves(result.state.params)[0].shape
+  assert seen == [(2, str(run), shape), (4, str(run), shape), (5, str(run), shape)]
+  assert [r["step"] for r in _rows(run) if "hook/step" in r] == [2, 4, 5]
+  assert wrapped == [None]
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(result.state.params),
+               checkpoints.restore_params(str(run / "checkpoints"), 2))  # steps 3-5 moved none
 
 
 def test_eval_tasks_during_training(trained_run, tmp_path):
