@@ -273,7 +273,7 @@ def test_injected_hooks_and_optimizer_wrappers(tmp_path):
   assert [r["step"] for r in _rows(run) if "hook/step" in r] == [2, 4, 5]
   assert wrapped == [None]
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(result.state.params),
-               checkpoints.restore_params(str(run / "checkpoints"), 2))  # steps 3-5 moved none
+               read_params(str(run / "checkpoints"), 2))  # steps 3-5 moved none
 
 
 def test_eval_tasks_during_training(trained_run, tmp_path):

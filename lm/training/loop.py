@@ -70,9 +70,9 @@ def train(model_dir: str, *, model_cfg: ModelConfig = gin.REQUIRED, input_cfg=gi
   lm.training.step.train_step); each of its metrics is logged as train/NAME and eval/NAME.
 
   trainable: what the optimizer trains (lm/training/trainable.py); None: FullParams(), every
-  param, init_from's starting a new run. lm.finetuning.lora.LoraParams() trains low-rank
-  adapters of init_from's frozen params instead; checkpoints hold the adapters, the result
-  the merge.
+  param (init_from's latest params start a new run). lm.finetuning.lora.LoraParams() trains
+  low-rank adapters of init_from's frozen params instead; checkpoints hold the adapters, the
+  result the merge.
   optimizer_wrappers: each wrap(tx, init_from) -> tx, applied in order to the optimizer (e.g.
   lm.compression.masks.keep_pruned: an lm-prune init_from keeps its zeros).
   hooks: periodic work run at every eval, e.g. lm.evaluation.training.EvalTasks (lm-eval
