@@ -163,12 +163,13 @@ def test_console_script_prints_sample_and_clean_errors(tmp_path):
 @pytest.mark.parametrize("tasks, message", [
     ("['arc_eazy']", "unknown task 'arc_eazy'; known tasks: "),
     ("['ppl:/nonexistent/val.txt']", "no file matches '/nonexistent/val.txt'"),
-    ("'arc_easy'", "train.eval_tasks must be a list of task names, got 'arc_easy'"),
-    # A benchmark file missing from train.eval_data_dir.
+    ("'arc_easy'", "EvalTasks.tasks must be a list of task names, got 'arc_easy'"),
+    # A benchmark file missing from EvalTasks.data_dir.
     ("['copa']", "copa/copa.jsonl does not exist"),
 ])
 def test_bad_eval_tasks_fail_before_training(in_repo, capsys, tmp_path, tasks, message):
   run = tmp_path / "run"
-  _fails([f"--model_dir={run}", "--gin.TRAIN_STEPS=2", f"--gin.train.eval_tasks={tasks}",
-          f"--gin.train.eval_data_dir='{tmp_path}'"] + NANO_RUN, capsys, message)
+  _fails([f"--model_dir={run}", "--gin.TRAIN_STEPS=2", "--gin.train.hooks=[@EvalTasks()]",
+          f"--gin.EvalTasks.tasks={tasks}", f"--gin.EvalTasks.data_dir='{tmp_path}'"] + NANO_RUN,
+         capsys, message)
   assert not run.exists()  # nothing trained, nothing written

@@ -16,12 +16,14 @@ import sys
 import flax.linen as nn
 import jax
 import numpy as np
+import optax
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from conftest import NANO_RUN, REPO
 from lm.cli import train
 from lm.errors import UserError
+from lm.evaluation.training import EvalTasks
 from lm.models.transformer import Transformer
 from lm.sharding import DEFAULT_RULES, batch_sharding, global_batch, use_mesh
 from lm.model_dir import latest_step, read_params
@@ -251,13 +253,36 @@ def test_full_disk_while_checkpointing_keeps_earlier_checkpoints(tmp_path, monke
                read_params(str(run / "checkpoints")), params_2)
 
 
+def test_injected_hooks_and_optimizer_wrappers(tmp_path):
+  """The loop's features come from outside: a hook runs at every eval step on the model's
+  params and its scalars are logged there; each optimizer wrapper gets tx and init_from."""
+  seen, wrapped = [], []
+
+  def hook(info):
+    seen.append((info.step, info.model_dir, jax.tree.leaves(info.params)[0].shape))
+    return {"hook/step": float(info.step)}
+
+  def freeze(tx, init_from):  # an optimizer wrapper whose updates are zero: params stay put
+    wrapped.append(init_from)
+    return optax.chain(tx, optax.scale(0.0))
+
+  run = tmp_path / "run"
+  result = _loop(run, steps=5, eval_every=2, hooks=[hook], optimizer_wrappers=[freeze])
+  shape = jax.tree.leaves(result.state.params)[0].shape
+  assert seen == [(2, str(run), shape), (4, str(run), shape), (5, str(run), shape)]
+  assert [r["step"] for r in _rows(run) if "hook/step" in r] == [2, 4, 5]
+  assert wrapped == [None]
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(result.state.params),
+               read_params(str(run / "checkpoints"), 2))  # steps 3-5 moved none
+
+
 def test_eval_tasks_during_training(trained_run, tmp_path):
   run = tmp_path / "run"
   shutil.copytree(os.path.join(trained_run, "tokenizer"), run / "tokenizer")  # a char run's
   text = tmp_path / "val.txt"
   text.write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n")
   task = f"ppl:{text}"
-  _loop(run, steps=4, eval_every=2, eval_tasks=[task], eval_data_dir=str(tmp_path))
+  _loop(run, steps=4, eval_every=2, hooks=[EvalTasks([task], data_dir=str(tmp_path))])
   rows = [r for r in _rows(run) if f"eval/{task}/bits_per_byte" in r]
   assert [r["step"] for r in rows] == [2, 4]
   # The same figures from the saved checkpoint through lm-eval's own path.

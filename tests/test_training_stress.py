@@ -44,7 +44,8 @@ def test_evals_checkpoints_task_evals_and_sigterm_on_close_steps(tmp_path, devic
        f"--gin_file={REPO}/gin_configs/runs/shakespeare_char_cpu.gin",
        "--gin.TRAIN_STEPS=400", f"--gin.BATCH_SIZE={batch_size}", "--gin.LOG_EVERY=50",
        "--gin.EVAL_EVERY=10", "--gin.EVAL_STEPS=40", "--gin.CHECKPOINT_EVERY=15",
-       f"--gin.train.eval_tasks=['ppl:{text}']", "--gin.train.progress=False",
+       "--gin.train.hooks=[@EvalTasks()]", f"--gin.EvalTasks.tasks=['ppl:{text}']",
+       "--gin.train.progress=False",
        "--gin.sample_after_training.num_tokens=0"],
       cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   try:

@@ -6,6 +6,7 @@ weight decay (lr * wd * w, zero at w = 0) never move them. Holding no state of i
 wrapper keeps the optimizer state and checkpoints as they are, and a resumed run, whose
 zeros were restored with the params, keeps the same masks.
 """
+import gin
 import jax
 import jax.numpy as jnp
 import optax
@@ -32,7 +33,9 @@ def keep_zeros(tx: optax.GradientTransformation, paths) -> optax.GradientTransfo
   return optax.GradientTransformation(tx.init, update)
 
 
+@gin.configurable
 def keep_pruned(tx: optax.GradientTransformation, init_from: str | None):
-  """tx, wrapped by keep_zeros when `init_from` is an lm-prune directory."""
+  """tx, wrapped by keep_zeros when `init_from` is an lm-prune directory: an optimizer wrapper
+  of lm-train (`train.optimizer_wrappers = [@keep_pruned]`, gin_configs/runs/pretrain.gin)."""
   paths = pruned_kernels(init_from) if init_from else []
   return keep_zeros(tx, paths) if paths else tx

@@ -1,5 +1,7 @@
-"""Evaluation tasks during training: `train.eval_tasks = [...]` -> `eval/<task>/<metric>`."""
+"""Evaluation tasks during training: `train.hooks = [@EvalTasks()]` -> `eval/<task>/<metric>`."""
 from typing import Sequence
+
+import gin
 
 from lm.api import LoadedModel
 from lm.errors import UserError
@@ -33,6 +35,27 @@ def task_scalars(model_dir: str, model_cfg, params, mesh, tasks: Sequence[str], 
           for task, values in report["results"].items() for metric, value in values.items()}
 
 
+@gin.configurable
+class EvalTasks:
+  """A training hook (lm/training/hooks.py): runs lm-eval `tasks` (e.g. 'arc_easy',
+  'ppl:FILE') at every eval on the training params, logged as eval/<task>/<metric>; data_dir
+  and limit as lm-eval's --data_dir and --limit. Made, it has checked the task names and files
+  (check_tasks): a bad task fails before the run writes anything, not at its first eval."""
+
+  def __init__(self, tasks: Sequence[str] = (), data_dir: str | None = None,
+               limit: int | None = None):
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+      raise UserError(f"EvalTasks.limit must be a positive integer, got {limit!r}")
+    check_tasks(tasks, data_dir=data_dir, limit=limit)
+    self.tasks, self.data_dir, self.limit = tasks, data_dir, limit
+
+  def __call__(self, info) -> dict[str, float]:
+    if not self.tasks:
+      return {}
+    return task_scalars(info.model_dir, info.model_cfg, info.params, info.mesh, self.tasks,
+                        data_dir=self.data_dir, limit=self.limit)
+
+
 class _ModelNeeded(Exception):
   """Raised by _NoModel when a task first uses the model: its files have been read."""
 
@@ -53,7 +76,7 @@ def check_tasks(tasks: Sequence[str], *, data_dir: str | None = None, limit: int
   first use of the model, so it reads and parses its files as it will at the eval.
   """
   if isinstance(tasks, str) or not all(isinstance(t, str) for t in tasks):
-    raise UserError(f"train.eval_tasks must be a list of task names, got {tasks!r}")
+    raise UserError(f"EvalTasks.tasks must be a list of task names, got {tasks!r}")
   for task in tasks:
     try:
       evaluate(_NoModel(), [task], num_fewshot=num_fewshot, limit=limit, data_dir=data_dir)

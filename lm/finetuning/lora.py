@@ -16,12 +16,13 @@ import dataclasses
 import json
 import os
 
+import gin
 import jax
 
 from lm.errors import UserError
 from lm.model_dir import (CHECKPOINTS, LORA_JSON, latest_step, pruned_kernels, read_lora_json,
                           restore_params)
-from lm.models.lora import Adapters, LoraConfig, merge  # noqa: F401  (Adapters: the loop's)
+from lm.models.lora import Adapters, LoraConfig, merge
 from lm.models.transformer import Transformer
 from lm.sharding import DEFAULT_RULES, param_shardings, with_shardings
 
@@ -44,7 +45,8 @@ class FrozenBase:
   def __init__(self, model_dir: str, model: Transformer, lora: LoraConfig,
                init_from: str | None, mesh, seq_len: int, rules=DEFAULT_RULES):
     if not init_from:
-      raise UserError("a LoRA run (train.lora) needs train.init_from: the base model directory")
+      raise UserError("a LoRA run (train.trainable = @LoraParams()) needs train.init_from: "
+                      "the base model directory")
     self.lora, self.base_dir = lora, os.path.abspath(os.path.expanduser(init_from))
     saved = read_lora_json(model_dir)
     if saved is None:
@@ -99,6 +101,38 @@ class FrozenBase:
       print(f"LoRA: {sizes['trainable_params']:,} trainable parameters, optimizer state "
             f"{sizes['optimizer_state_bytes']:,} bytes", flush=True)
     return sizes
+
+
+@gin.configurable
+class LoraParams:
+  """lm-train's trainable-params strategy for LoRA (`train.trainable = @LoraParams()`, see
+  lm/training/trainable.py): the optimizer trains the adapters of `lora` (default: LoraConfig()
+  with its gin bindings), the steps run the model on their merge with init_from's frozen params
+  (FrozenBase), the run directory gets lora.json and the result is the merged params."""
+
+  def __init__(self, lora: LoraConfig | None = None):
+    self.lora = LoraConfig() if lora is None else lora
+    self.base = None
+
+  def module(self, model):
+    return Adapters(model.cfg, self.lora)
+
+  def setup(self, model_dir, model, init_from, mesh, seq_len, rules):
+    self.base = FrozenBase(model_dir, model, self.lora, init_from, mesh, seq_len, rules)
+    self.frozen, self.frozen_shardings = (self.base.params,), (self.base.shardings,)
+
+  def initial_params(self, params, shardings):
+    del shardings
+    return params  # B = 0: a new run starts exactly at the base
+
+  def bind(self, step_fn):
+    return self.base.bind(step_fn)
+
+  def start_run(self, model_dir, state):
+    self.base.write_json(model_dir, state)
+
+  def merged(self, params):
+    return self.base.merged(params)
 
 
 class _MergedModel:

@@ -15,20 +15,20 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from lm.errors import UserError
-from lm.finetuning import lora as lora_lib
-from lm.model_dir import latest_step, restore_params
+from lm.model_dir import latest_step
 from lm.models.config import ModelConfig, flops_per_token
 from lm.models.transformer import Transformer
 from lm.sharding import (DEFAULT_RULES, batch_sharding, check_divisible, check_model_divisible,
-                         global_batch, make_mesh, use_mesh, with_shardings)
-from lm.compression.masks import keep_pruned
+                         global_batch, make_mesh, use_mesh)
 from lm.training import checkpoints
+from lm.training.hooks import StepInfo
 from lm.training.metrics import MetricsWriter, peak_flops_per_device
 from lm.training.optimizers import OptimizerConfig, make_optimizer, make_schedule
 from lm.training.run_dir import check_resume, run_settings, write_run_files
 from lm.training.state import abstract_state, create_state, state_shardings
 from lm.training.step import LossConfig, eval_step, train_step
 from lm.training.supervisor import Supervisor
+from lm.training.trainable import FullParams
 from lm.training.validate import check_train_config
 
 
@@ -49,9 +49,9 @@ def train(model_dir: str, *, model_cfg: ModelConfig = gin.REQUIRED, input_cfg=gi
           grad_accum_steps: int = 1, peak_flops: float | None = None,
           wandb_project: str | None = None, progress: bool = True,
           init_from: str | None = None, objective: Callable | None = None,
-          lora=None, nonfinite: str = "stop", max_consecutive_skips: int = 10,
-          eval_tasks: Sequence[str] = (), eval_data_dir: str | None = None,
-          eval_limit: int | None = None) -> TrainResult:
+          nonfinite: str = "stop", max_consecutive_skips: int = 10, trainable=None,
+          optimizer_wrappers: Sequence[Callable] = (),
+          hooks: Sequence[Callable] = ()) -> TrainResult:
   """Trains (or resumes) the run in `model_dir` for `steps` optimizer steps.
 
   init_from: another model dir (e.g. from `lm-convert import-hf`) whose latest params start a
@@ -69,15 +69,19 @@ def train(model_dir: str, *, model_cfg: ModelConfig = gin.REQUIRED, input_cfg=gi
   objective: replaces the token cross-entropy of the train and eval steps (see
   lm.training.step.train_step); each of its metrics is logged as train/NAME and eval/NAME.
 
-  lora: an lm.finetuning.lora.LoraConfig: trains low-rank adapters of init_from's frozen
-  params instead (lm/finetuning/lora.py); checkpoints hold the adapters, the result the merge.
+  trainable: what the optimizer trains (lm/training/trainable.py); None: FullParams(), every
+  param (init_from's latest params start a new run). lm.finetuning.lora.LoraParams() trains
+  low-rank adapters of init_from's frozen params instead; checkpoints hold the adapters, the
+  result the merge.
+  optimizer_wrappers: each wrap(tx, init_from) -> tx, applied in order to the optimizer (e.g.
+  lm.compression.masks.keep_pruned: an lm-prune init_from keeps its zeros).
+  hooks: periodic work run at every eval, e.g. lm.evaluation.training.EvalTasks (lm-eval
+  tasks, logged as eval/<task>/<metric>); see lm/training/hooks.py.
 
   nonfinite: 'stop' (a non-finite loss or gradient ends the run with an error, no checkpoint
   written after it) or 'skip' (the step's update is skipped; `max_consecutive_skips` in a row
   end the run). SIGTERM/SIGINT save a checkpoint after the current step and raise Preempted;
   a second run on the same model_dir is refused (lm/training/supervisor.py).
-  eval_tasks: lm-eval tasks (e.g. 'arc_easy', 'ppl:FILE') run at every eval, logged as
-  eval/<task>/<metric>; eval_data_dir and eval_limit as lm-eval's --data_dir and --limit.
 
   Every check runs before anything is written: a failed start leaves model_dir as it was.
   """
@@ -91,8 +95,7 @@ def train(model_dir: str, *, model_cfg: ModelConfig = gin.REQUIRED, input_cfg=gi
       log_every=log_every, eval_every=eval_every, eval_steps=eval_steps,
       checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
       grad_accum_steps=grad_accum_steps, seed=seed, nonfinite=nonfinite,
-      max_consecutive_skips=max_consecutive_skips, eval_limit=eval_limit, eval_tasks=eval_tasks,
-      eval_data_dir=eval_data_dir)
+      max_consecutive_skips=max_consecutive_skips)
   mesh = make_mesh(mesh_shape)
   check_divisible(mesh, batch_size, model_cfg.num_heads, model_cfg.kv_heads)
   check_model_divisible(mesh, model_cfg)
@@ -112,23 +115,23 @@ def train(model_dir: str, *, model_cfg: ModelConfig = gin.REQUIRED, input_cfg=gi
   run_id = check_resume(model_dir, model_cfg, settings)
 
   model = Transformer(model_cfg)
-  trained = model if lora is None else lora_lib.Adapters(model_cfg, lora)  # what tx updates
+  trainable = FullParams() if trainable is None else trainable
   tx = make_optimizer(optimizer_cfg, steps)
-  tx = keep_pruned(tx, init_from)  # an lm-prune init_from keeps its zeros (lm.compression)
+  for wrap in optimizer_wrappers:
+    tx = wrap(tx, init_from)
   schedule = make_schedule(optimizer_cfg, steps)
   rules = DEFAULT_RULES
   with use_mesh(mesh), nn.logical_axis_rules(rules), \
        Supervisor(nonfinite, max_consecutive_skips) as sup:
+    trained = trainable.module(model)  # what tx updates
     shardings = state_shardings(trained, tx, mesh, seq_len, rules)
-    base = None if lora is None else lora_lib.FrozenBase(model_dir, model, lora, init_from,
-                                                         mesh, seq_len, rules)
-    frozen, frozen_shardings = ((), ()) if base is None else ((base.params,), (base.shardings,))
+    trainable.setup(model_dir, model, init_from, mesh, seq_len, rules)
+    frozen, frozen_shardings = trainable.frozen, trainable.frozen_shardings
     ckpt_dir = os.path.join(model_dir, "checkpoints")
     start = latest_step(ckpt_dir)
     if start is None:
       state = create_state(trained, tx, shardings, seq_len, seed)
-      if init_from and base is None:
-        state = state.replace(params=_params_from(init_from, state.params, shardings.params))
+      state = state.replace(params=trainable.initial_params(state.params, shardings.params))
     # Creates the checkpoint directory: only now that the start is known good.
     sup.lock(model_dir)  # one run per model_dir
     ckpt = checkpoints.Checkpointer(ckpt_dir, checkpoint_every, keep_checkpoints)
@@ -144,9 +147,8 @@ def train(model_dir: str, *, model_cfg: ModelConfig = gin.REQUIRED, input_cfg=gi
       train_batches.start_run(model_dir)
     writer = MetricsWriter(model_dir, wandb_project, gin.operative_config_str(), run_id=run_id,
                            resume_step=start)
-    if base is not None:
-      base.write_json(model_dir, state)
-    bind = (lambda fn: fn) if base is None else base.bind  # LoRA: the step also takes `frozen`
+    trainable.start_run(model_dir, state)
+    bind = trainable.bind  # e.g. LoRA: the step also takes `frozen`
 
     train_fn = functools.partial(bind(train_step), model=model, tx=tx, loss_cfg=loss_cfg,
                                  grad_accum_steps=grad_accum_steps, objective=objective,
@@ -232,7 +234,7 @@ def train(model_dir: str, *, model_cfg: ModelConfig = gin.REQUIRED, input_cfg=gi
                         tok_s=f"{scalars['train/tokens_per_sec']:.0f}", refresh=False)
         window_steps = 0
       is_eval_step = (eval_every and step % eval_every == 0) or step == steps
-      if (eval_batches or eval_tasks) and is_eval_step:
+      if (eval_batches or hooks) and is_eval_step:
         sup.check(ckpt, totals["counts"])
       if eval_batches and is_eval_step:
         results = evaluate()
@@ -246,11 +248,12 @@ def train(model_dir: str, *, model_cfg: ModelConfig = gin.REQUIRED, input_cfg=gi
         member = evaluate(batches, f"eval/{name}")  # None: no tokens in its batches
         if member:
           writer.write(step, member)
-      if eval_tasks and is_eval_step:
-        from lm.evaluation.training import task_scalars  # lazy: only runs that use it
-        params = state.params if base is None else base.merged(state.params)
-        writer.write(step, task_scalars(model_dir, model_cfg, params, mesh, eval_tasks,
-                                        data_dir=eval_data_dir, limit=eval_limit))
+      if hooks and is_eval_step:
+        info = StepInfo(step, model_dir, model_cfg, mesh, trainable.merged(state.params))
+        for hook in hooks:
+          logged = hook(info)
+          if logged:
+            writer.write(step, logged)
       preempted = sup.preempted(step)  # every process asks every step; all get one answer
       if step % checkpoint_every == 0 or step == steps or preempted:
         sup.check(ckpt, totals["counts"])
@@ -264,8 +267,7 @@ def train(model_dir: str, *, model_cfg: ModelConfig = gin.REQUIRED, input_cfg=gi
     ckpt.wait()
     ckpt.close()
     writer.close()
-    if base is not None:
-      state = state.replace(params=base.merged(state.params))
+    state = state.replace(params=trainable.merged(state.params))
   return TrainResult(state=state, model=model, mesh=mesh, last_eval_loss=eval_loss)
 
 
@@ -284,12 +286,3 @@ def _eval_batches(batches_fn, input_cfg, eval_steps: int) -> list:
                     "empty; set EVAL_STEPS=0 to train without evals")
   return batches
 
-
-def _params_from(model_dir: str, params, shardings):
-  """The latest params of another run directory, restored onto `params`' shapes and shardings."""
-  abstract = with_shardings(params, shardings)
-  model_dir = os.path.abspath(model_dir)
-  try:
-    return restore_params(model_dir, abstract_params=abstract)  # LoRA runs: merged
-  except (FileNotFoundError, ValueError, KeyError) as e:
-    raise UserError(f"cannot initialize from {model_dir}: {e}") from None

@@ -28,12 +28,8 @@ def _float(value, name: str, low: float = 0.0, high: float | None = None,
 
 def check_train_config(*, steps, input_cfg, optimizer_cfg, loss_cfg, log_every, eval_every,
                        eval_steps, checkpoint_every, keep_checkpoints, grad_accum_steps,
-                       seed, nonfinite, max_consecutive_skips, eval_limit=None, eval_tasks=(),
-                       eval_data_dir=None) -> list[str]:
+                       seed, nonfinite, max_consecutive_skips) -> list[str]:
   """Raises a UserError naming the first bad knob of a training run (see lm.training.loop.train).
-
-  eval_tasks (with eval_data_dir, eval_limit): the lm-eval tasks run at every eval; their names
-  and files are checked now, not at the first eval after training.
 
   Returns warnings to print once training starts: warmup longer than the run is legal (a smoke
   test of a real config) but said; warmup longer than an explicit decay horizon is an error.
@@ -54,12 +50,6 @@ def check_train_config(*, steps, input_cfg, optimizer_cfg, loss_cfg, log_every, 
   if nonfinite not in ("stop", "skip"):
     raise UserError(f"train.nonfinite must be 'stop' or 'skip', got {nonfinite!r}")
   _int(max_consecutive_skips, "train.max_consecutive_skips", 1)
-  if eval_limit is not None:
-    _int(eval_limit, "train.eval_limit", 1)
-  if eval_tasks:
-    # lazy: lm.evaluation (lm.api, decoding) is imported only for runs that evaluate tasks
-    from lm.evaluation.training import check_tasks
-    check_tasks(eval_tasks, data_dir=eval_data_dir, limit=eval_limit)
   _float(loss_cfg.z_loss, "LossConfig.z_loss")
   _float(loss_cfg.label_smoothing, "LossConfig.label_smoothing", 0.0, 1.0)
   return _check_optimizer(optimizer_cfg, steps)
