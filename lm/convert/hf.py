@@ -8,7 +8,7 @@ RoPE layout: HF Llama checkpoints already use the rotate-half layout (HF's
 convert_llama_weights_to_hf permuted the rows of Meta's q/k projections, whose RoPE rotates
 interleaved pairs), and lm's rope_layout='half' is the same rotation, so q_proj / k_proj are
 copied as they are. Meta's original consolidated.*.pth checkpoints would need
-rope_layout='interleaved' instead (or that permutation; tests/test_models_attention.py shows
+rope_layout='interleaved' instead (or that permutation; tests/models/test_models_attention.py shows
 the two layouts are the same rotation up to it).
 """
 import dataclasses

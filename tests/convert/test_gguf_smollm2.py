@@ -12,6 +12,7 @@ import gin
 import numpy as np
 import pytest
 
+from conftest import REPO
 import lm
 from lm.cli import convert
 from lm.cli.common import parse_gin
@@ -21,7 +22,6 @@ from lm.tokenizers import load_tokenizer
 transformers = pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GGUF_DIR = os.path.join(os.path.dirname(REPO), "shared", "models", "smollm2-135m-instruct")
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 if not os.path.exists(os.path.join(GGUF_DIR, GGUF_FILE)):

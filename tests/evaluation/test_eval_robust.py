@@ -7,12 +7,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from conftest import REPO
 from lm.errors import UserError
 from lm.evaluation import fewshot, perturb, registry, robustness
 from lm.evaluation.multiple_choice import Doc
 
-DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..",
-                    "shared", "evaldata")
+DATA = os.path.join(REPO, "..", "shared", "evaldata")
 TEXT = ("Which of these would help a scientist measure the mass of a small rock quickly? "
         "Plants often grow toward light, and students study how big animals change their "
         "habitat over many years; the teacher said it is important to use the correct tool.")

@@ -6,11 +6,11 @@ import re
 import numpy as np
 import pytest
 
+from conftest import REPO
 from lm.errors import UserError
 from lm.evaluation import bbq, bias
 
-DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..",
-                    "shared", "evaldata")
+DATA = os.path.join(REPO, "..", "shared", "evaldata")
 
 
 class FakeModel:

@@ -4,11 +4,11 @@ import os
 import jax
 import pytest
 
+from conftest import REPO
 from lm.cli import info
 from lm.cli.common import parse_gin
 from lm.models.config import ModelConfig, num_params
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PUBLISHED = {
     "gpt2_124m": 124_439_808,
     "gpt2_355m": 354_823_168,

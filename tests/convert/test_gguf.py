@@ -251,7 +251,7 @@ def test_tokenizer_pre_tokenizers_and_bos(pre, tmp_path):
   BOS added, against transformers' GGUF tokenizer. transformers has no 'smollm' split and uses
   GPT-2's, which keeps digit runs together; llama.cpp (and SmolLM's own tokenizer.json) split
   every digit, as we do. (SmolLM2's vocabulary has no multi-digit token, so on the real model
-  the two agree: tests/test_gguf_smollm2.py.)"""
+  the two agree: tests/convert/test_gguf_smollm2.py.)"""
   transformers = pytest.importorskip("transformers")
   write_gguf(str(tmp_path / "model.gguf"), "F32", True, pre=pre, add_bos=True)
   meta = gguf_import.metadata(gguf.GGUFReader(str(tmp_path / "model.gguf")))

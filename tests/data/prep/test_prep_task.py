@@ -5,10 +5,10 @@ import os
 
 import pytest
 
+from conftest import REPO
 from lm.cli import prep as cli
 from lm.data.prep import synthetic
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB = 320
 
 

