@@ -7,6 +7,11 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("LM_CACHE_DIR", os.path.join(tempfile.gettempdir(), "lm-test-cache"))
+# One persistent compilation cache for the session's processes: many tests (and the lm-train
+# subprocesses) compile the same small programs; a hit skips XLA, whatever its compile time.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.environ["LM_CACHE_DIR"], "jax"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import gin  # noqa: E402
 import pytest  # noqa: E402
@@ -43,3 +48,18 @@ def trained_run(tmp_path_factory):
     gin.clear_config()
   assert exit_info.value.code == 0
   return model_dir
+
+
+# Fixtures that train a model, start subprocesses or run a Beam pipeline: their tests are `slow`
+# (deselect with -m "not slow" for a quick loop); so are tests marked by hand.
+SLOW_FIXTURES = {"trained_run", "lora_run", "quantized_dirs", "straight_run", "swept", "smollm2",
+                 "planted", "prepared"}
+
+
+def pytest_collection_modifyitems(items):
+  for item in items:
+    if SLOW_FIXTURES.intersection(item.fixturenames):
+      item.add_marker(pytest.mark.slow)
+  # Slow tests first (a stable sort keeps each file's order): with `-n 2 --dist loadfile` the
+  # long files start early instead of leaving one worker busy at the end.
+  items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -2,6 +2,8 @@
 import subprocess
 import sys
 
+import pytest
+
 BLOCK_TF = """
 import sys
 for name in ("tensorflow", "seqio", "tensorflow_datasets"):
@@ -11,6 +13,7 @@ print("ok")
 """
 
 
+@pytest.mark.slow
 def test_core_imports_without_tensorflow():
   out = subprocess.run([sys.executable, "-c", BLOCK_TF], capture_output=True, text=True)
   assert out.returncode == 0, out.stderr[-2000:]

@@ -52,6 +52,7 @@ def _outputs(m):
       scores=m.score(["abc", "", "hello"], ["de", "f g", "!"]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mesh_shape", [(1, 1, 8), (2, 2, 2)])
 def test_sharded_model_gives_the_same_tokens_and_scores(model, model_dir, mesh_shape):
   sharded = lm.load(model_dir, mesh_shape=mesh_shape)

@@ -2,9 +2,12 @@
 import os
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 from conftest import REPO
+
+pytestmark = pytest.mark.slow  # a Jupyter kernel
 
 
 def test_quickstart_notebook_executes(tmp_path, monkeypatch):

@@ -83,6 +83,7 @@ def test_no_tokenizer_is_none(tmp_path):
     tokenizers.CharTokenizer("ab").apply_chat_template([{"role": "user", "content": "a"}])
 
 
+@pytest.mark.slow
 def test_tokenizers_and_conversion_import_without_tensorflow():
   code = ("import sys; sys.modules['tensorflow'] = None; sys.modules['seqio'] = None\n"
           "import lm.convert.gguf_import, lm.convert.hf_dirs\n"

@@ -22,7 +22,7 @@ from lm.sharding import (DEFAULT_RULES, batch_sharding, check_divisible, check_m
                          global_batch, make_mesh, use_mesh)
 from lm.training import checkpoints
 from lm.training.hooks import StepInfo
-from lm.training.metrics import MetricsWriter, peak_flops_per_device
+from lm.training.metrics import MetricsWriter, peak_flops_per_device, throughput_scalars
 from lm.training.optimizers import OptimizerConfig, make_optimizer, make_schedule
 from lm.training.run_dir import check_resume, run_settings, write_run_files
 from lm.training.state import abstract_state, create_state, state_shardings
@@ -224,11 +224,9 @@ def train(model_dir: str, *, model_cfg: ModelConfig = gin.REQUIRED, input_cfg=gi
                    and (k != "z_loss" or loss_cfg.z_loss)}
         if nonfinite == "skip":
           scalars["train/skipped_steps"] = skipped
-        scalars.update({"train/lr": float(schedule(step - 1)),
-                        "train/tokens_per_sec": window_steps * tokens_per_step / elapsed,
-                        "train/step_time_ms": 1000 * elapsed / window_steps})
-        if peak:
-          scalars["train/mfu"] = window_steps * flops / elapsed / (peak * jax.device_count())
+        scalars["train/lr"] = float(schedule(step - 1))
+        scalars.update(throughput_scalars(window_steps, elapsed, tokens_per_step, flops, peak,
+                                          jax.device_count()))
         writer.write(step, scalars)
         bar.set_postfix(loss=f"{scalars.get('train/loss', float('nan')):.4f}",
                         tok_s=f"{scalars['train/tokens_per_sec']:.0f}", refresh=False)

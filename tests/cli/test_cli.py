@@ -1,5 +1,4 @@
 """lm-train end to end: outputs of a run, and bad input -> one clear message, exit 2, no damage."""
-import hashlib
 import json
 import os
 import subprocess
@@ -8,18 +7,11 @@ import sys
 import pytest
 
 from conftest import NANO_RUN, REPO
+from helpers import snapshot, train_fails
 from lm import tokenizers
 from lm.cli import train
-
-
-def _snapshot(model_dir):
-  out = {}
-  for root, _, files in os.walk(model_dir):
-    for name in files:
-      path = os.path.join(root, name)
-      with open(path, "rb") as f:
-        out[os.path.relpath(path, model_dir)] = hashlib.sha256(f.read()).hexdigest()
-  return out
+from lm.model_dir import read_config
+from lm.models.config import flops_per_token
 
 
 def test_run_writes_metrics_config_and_checkpoints(trained_run):
@@ -29,6 +21,10 @@ def test_run_writes_metrics_config_and_checkpoints(trained_run):
   for key in ("train/loss", "train/tokens_per_sec", "train/grad_norm", "train/lr"):
     assert all(key in r for r in train_rows)
   assert "train/mfu" not in train_rows[0]  # CPU: no known peak, so no made-up MFU
+  # Achieved FLOP/s per device = flops_per_token x tokens/s / devices (8 fake devices).
+  cfg = read_config(trained_run)
+  assert train_rows[-1]["train/gflops_per_sec"] * 1e9 * 8 == pytest.approx(
+      flops_per_token(cfg, 32) * train_rows[-1]["train/tokens_per_sec"])
   evals = [r for r in rows if "eval/loss" in r]
   assert [r["step"] for r in evals] == [20, 40] and evals[1]["eval/loss"] < evals[0]["eval/loss"]
   assert train_rows[-1]["train/loss"] < train_rows[0]["train/loss"]
@@ -41,15 +37,6 @@ def test_run_writes_metrics_config_and_checkpoints(trained_run):
   # The task's tokenizer travels with the run (decoding needs no TensorFlow).
   assert os.path.isfile(os.path.join(tokenizers.tokenizer_dir(trained_run), tokenizers.CHARS_FILE))
   assert all("train/nll" in r for r in train_rows)
-
-
-def _fails(argv, capsys, message):
-  with pytest.raises(SystemExit) as exit_info:
-    train.main(argv)
-  err = capsys.readouterr().err
-  assert exit_info.value.code == 2
-  assert message in err and "Traceback" not in err
-  assert len(err.strip().splitlines()) == 1, err
 
 
 @pytest.fixture
@@ -111,9 +98,9 @@ def _files_task(tmp_path, name, content: bytes):
     (["--gin.train.nonfinite='ignore'"], "train.nonfinite must be 'stop' or 'skip', got 'ignore'"),
 ])
 def test_bad_flags(trained_run, in_repo, capsys, extra, message):
-  before = _snapshot(trained_run)
-  _fails([f"--model_dir={trained_run}"] + NANO_RUN + extra, capsys, message)
-  assert _snapshot(trained_run) == before
+  before = snapshot(trained_run)
+  train_fails([f"--model_dir={trained_run}"] + NANO_RUN + extra, capsys, message)
+  assert snapshot(trained_run) == before
 
 
 @pytest.mark.parametrize("name, content, message", [
@@ -121,26 +108,27 @@ def test_bad_flags(trained_run, in_repo, capsys, extra, message):
     ("bad.txt", b"fine line\n\xff\xfe broken\n", "invalid UTF-8 near byte 10"),
 ])
 def test_bad_data_files(trained_run, in_repo, capsys, tmp_path, name, content, message):
-  before = _snapshot(trained_run)
-  _fails([f"--model_dir={trained_run}"] + NANO_RUN + _files_task(tmp_path, name, content),
+  before = snapshot(trained_run)
+  train_fails([f"--model_dir={trained_run}"] + NANO_RUN + _files_task(tmp_path, name, content),
          capsys, message)
-  assert _snapshot(trained_run) == before
+  assert snapshot(trained_run) == before
 
 
 def test_missing_data_file(in_repo, capsys, tmp_path):
   args = _files_task(tmp_path, "x.txt", b"x")
   args[2] = "--gin.register_files_task.split_patterns={'train': '/nonexistent/*.txt'}"
-  _fails([f"--model_dir={tmp_path / 'run'}"] + NANO_RUN + args, capsys, "no data file matches")
+  train_fails([f"--model_dir={tmp_path / 'run'}"] + NANO_RUN + args, capsys, "no data file matches")
   assert not (tmp_path / "run").exists()
 
 
 def test_different_model_in_existing_dir(trained_run, in_repo, capsys):
-  before = _snapshot(trained_run)
-  _fails([f"--model_dir={trained_run}"] + NANO_RUN + ["--gin.ModelConfig.d_model=64"], capsys,
+  before = snapshot(trained_run)
+  train_fails([f"--model_dir={trained_run}"] + NANO_RUN + ["--gin.ModelConfig.d_model=64"], capsys,
          "holds a different run (saved -> configured: ModelConfig.d_model: 32 -> 64")
-  assert _snapshot(trained_run) == before
+  assert snapshot(trained_run) == before
 
 
+@pytest.mark.slow
 def test_trains_on_local_text_files(in_repo, tmp_path):
   lines = open(os.path.join(REPO, "lm/data/assets/tinyshakespeare.txt")).read().splitlines()
   text = "\n".join(l for l in lines[:3000] if l.strip()).encode()
@@ -154,6 +142,7 @@ def test_trains_on_local_text_files(in_repo, tmp_path):
   assert rows[-1]["step"] == 4 and 0 < rows[-1]["train/loss"] < 5
 
 
+@pytest.mark.slow
 def test_console_script_prints_sample_and_clean_errors(tmp_path):
   bad = subprocess.run([sys.executable, "-m", "lm.cli.train", "--model_dir", str(tmp_path),
                         "--gin_file=missing.gin"], capture_output=True, text=True, cwd=REPO)
@@ -169,7 +158,7 @@ def test_console_script_prints_sample_and_clean_errors(tmp_path):
 ])
 def test_bad_eval_tasks_fail_before_training(in_repo, capsys, tmp_path, tasks, message):
   run = tmp_path / "run"
-  _fails([f"--model_dir={run}", "--gin.TRAIN_STEPS=2", "--gin.train.hooks=[@EvalTasks()]",
+  train_fails([f"--model_dir={run}", "--gin.TRAIN_STEPS=2", "--gin.train.hooks=[@EvalTasks()]",
           f"--gin.EvalTasks.tasks={tasks}", f"--gin.EvalTasks.data_dir='{tmp_path}'"] + NANO_RUN,
          capsys, message)
   assert not run.exists()  # nothing trained, nothing written

@@ -32,6 +32,7 @@ def _main(args) -> int:
   return exit_info.value.code
 
 
+@pytest.mark.slow
 def test_streams_a_run_without_tensorflow_from_a_relative_path(trained_run):
   out = _run_blocked(["--model_dir", os.path.basename(trained_run), "--prompt", "ROMEO:",
                       "--max_new_tokens", "20", "--temperature", "0"],
@@ -90,6 +91,7 @@ def test_prompt_file_writes_jsonl(trained_run, tmp_path):
   assert [len(b) for b in beams] == [2, 2, 2] and beams[0][0][1] >= beams[0][1][1]
 
 
+@pytest.mark.slow
 def test_runs_of_gin_registered_tasks_sample(tmp_path, monkeypatch):
   """Issue 8 item 9: a run whose task was registered through gin (a files task) used to fail
   in lm-sample, which looked the task up without the run's config.gin. Its saved tokenizer

@@ -18,7 +18,7 @@ from lm.models import quantized
 from lm.models.kernels import find_kernels, get_path
 from lm.models.config import ModelConfig
 from lm.models.transformer import Transformer
-from test_cli import _snapshot
+from helpers import snapshot
 
 PROMPTS = ["ROMEO:", "Th", "KING HENRY"]
 
@@ -173,7 +173,7 @@ def test_out_dir_is_never_the_source_around_it_or_a_foreign_directory(trained_ru
   other = tmp_path / "other"
   other.mkdir()
   (other / "notes.txt").write_text("not a model either")
-  before = _snapshot(tmp_path)
+  before = snapshot(tmp_path)
 
   def run(out, *extra):
     with pytest.raises(SystemExit) as e:
@@ -187,7 +187,7 @@ def test_out_dir_is_never_the_source_around_it_or_a_foreign_directory(trained_ru
     code, err = run(out, "--overwrite")
     assert code == 2 and message in err, (out, err)
     assert err.count("\n") == 1 and err.startswith("error: ")
-  assert _snapshot(tmp_path) == before
+  assert snapshot(tmp_path) == before
   # A model dir is replaced whole with --overwrite (and only with it).
   assert run(tmp_path / "q")[0] == 0
   assert run(tmp_path / "q", "--scheme=int4")[0] == 2

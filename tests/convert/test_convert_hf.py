@@ -175,6 +175,7 @@ class _InputConfig:
   seq_len: int = 16
 
 
+@pytest.mark.slow
 def test_fine_tuning_starts_from_the_imported_params(imported, tmp_path):
   """lm-train's init_from: with a zero learning rate the run ends on the imported weights."""
   source = load(imported["llama_gqa"])

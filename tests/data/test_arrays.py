@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from conftest import REPO
 from lm.data.arrays import ArrayInputConfig, array_batches, synthetic_batches, SyntheticInputConfig
@@ -46,6 +47,7 @@ train.main(sys.argv[1:])
 """
 
 
+@pytest.mark.slow
 def test_lm_train_runs_without_tensorflow_on_exported_arrays(tmp_path):
   export_split(InputConfig(batch_size=8, seq_len=32, continuous=True, num_shards=1), "train",
                64, str(tmp_path / "np"))

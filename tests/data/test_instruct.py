@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import seqio
 
+from helpers import llama3_tokenizer_dir
 from lm.data import chat_templates
 from lm.data.inputs import InputConfig
 from lm.data.instruct import overlong_counts, register_instruct_task, tokenize_conversation
@@ -106,24 +107,6 @@ def test_llama3_template_is_the_official_format(llama3_model_dir):
   trained = [i for i, w in zip(ids, weights) if w]
   assert trained == (reference.encode("Hello!", add_special_tokens=False) + [eot] +
                      reference.encode("Bob", add_special_tokens=False) + [eot])
-
-
-def llama3_tokenizer_dir(model_dir, eos: str) -> str:
-  """A model directory holding a tiny BPE tokenizer with Llama 3's special tokens
-  (<|begin_of_text|> 0, <|end_of_text|> 1, <|eot_id|> 2, the headers) and EOS `eos`."""
-  transformers = pytest.importorskip("transformers")
-  from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-  backend = Tokenizer(models.BPE())
-  backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-  specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>", "<|start_header_id|>",
-              "<|end_header_id|>"]
-  backend.train_from_iterator(["Hello there, be brief. Name? Bob"] * 10, trainers.BpeTrainer(
-      vocab_size=300, special_tokens=specials,
-      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-  transformers.PreTrainedTokenizerFast(
-      tokenizer_object=backend, bos_token="<|begin_of_text|>",
-      eos_token=eos).save_pretrained(str(model_dir / "tokenizer"))
-  return str(model_dir)
 
 
 def test_a_tuned_run_stops_where_its_turns_end(tmp_path):

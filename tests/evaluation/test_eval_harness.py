@@ -118,6 +118,7 @@ def test_real_gpt2_tokenizer():
       24361, 25, 23748, 995, 198, 33706, 25]  # GPT-2's published ids
 
 
+@pytest.mark.slow
 def test_harness_parity_on_arc_easy(gpt2, task_manager):
   hf_dir, lm_dir = gpt2
   model = lm.load(lm_dir)
@@ -149,6 +150,7 @@ eval.main(sys.argv[1:])
 """
 
 
+@pytest.mark.slow
 def test_lm_eval_cli_runs_without_tensorflow(gpt2, tmp_path):
   _, lm_dir = gpt2
   docs = tmp_path / "docs.txt"

@@ -23,7 +23,7 @@ from lm.models.config import ModelConfig
 from lm.models.layers import DenseGeneral
 from lm.models.transformer import Transformer
 from lm.sharding import make_mesh, param_shardings
-from test_cli import _fails, _snapshot
+from helpers import snapshot, train_fails
 
 NANO = dict(vocab_size=68, d_model=32, num_layers=2, num_heads=4, mlp_dim=64, max_len=32)
 LORA_RUN = [f"--gin_file={REPO}/gin_configs/runs/lora.gin", "--gin.SEQ_LEN=32",
@@ -124,7 +124,7 @@ def test_bad_lora_config_is_a_user_error():
 def lora_run(trained_run, tmp_path_factory):
   """A rank-4 LoRA run of 6 steps on trained_run's weights (held in bf16), checkpoints 3 and 6;
   (run dir, the base's file hashes before it)."""
-  before = _snapshot(trained_run)
+  before = snapshot(trained_run)
   run = str(tmp_path_factory.mktemp("lora") / "run")
   _train(run, trained_run)
   return run, before
@@ -142,7 +142,7 @@ def _adapters(run, step=None):
 
 def test_lora_run_trains_adapters_only_and_never_moves_the_base(lora_run, trained_run):
   run, before = lora_run
-  assert _snapshot(trained_run) == before  # the base directory: byte-identical
+  assert snapshot(trained_run) == before  # the base directory: byte-identical
   with open(os.path.join(run, "lora.json")) as f:
     saved = json.load(f)
   assert saved["base"] == os.path.abspath(trained_run) and saved["base_step"] == 40
@@ -174,7 +174,7 @@ def test_lora_run_resumes_to_the_same_adapters(lora_run, trained_run, tmp_path, 
   _train(copy, trained_run)  # resumes at step 3
   for a, b in zip(jax.tree.leaves(_adapters(run, 6)), jax.tree.leaves(_adapters(copy, 6))):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  _fails([f"--model_dir={copy}", f"--gin.INIT_FROM='{trained_run}'"] + LORA_RUN +
+  train_fails([f"--model_dir={copy}", f"--gin.INIT_FROM='{trained_run}'"] + LORA_RUN +
          ["--gin.TRAIN_STEPS=6", "--gin.LORA_RANK=8"], capsys, "LoRA run configured otherwise")
 
 
@@ -200,13 +200,13 @@ def test_merge_lora_never_writes_around_or_into_its_inputs(lora_run, trained_run
   """Issue 19.12: an --out_dir holding the LoRA run, or inside its base, is refused even with
   --overwrite, and nothing is touched."""
   run, _ = lora_run
-  before = _snapshot(os.path.dirname(run)), _snapshot(trained_run)
+  before = snapshot(os.path.dirname(run)), snapshot(trained_run)
   for out, message in ((os.path.dirname(run), "contains the input"),
                        (os.path.join(trained_run, "merged"), "is inside the input")):
     with pytest.raises(SystemExit) as exit_info:
       convert.main(["merge-lora", "--model_dir", run, "--out_dir", out, "--overwrite"])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
-  assert (_snapshot(os.path.dirname(run)), _snapshot(trained_run)) == before
+  assert (snapshot(os.path.dirname(run)), snapshot(trained_run)) == before
 
 
 def test_lora_from_a_pruned_dir_keeps_its_zeros(trained_run, tmp_path):

@@ -166,7 +166,7 @@ def test_cached_reference_logps_equal_online_ones_and_go_stale(trained_run, pair
 def test_a_dpo_run_stops_where_its_responses_end(tmp_path):
   """The run gets the reference's generation_config.json, with the id that closes the pairs'
   responses (here the llama3 template's <|eot_id|>, not the tokenizer's EOS)."""
-  from test_instruct import llama3_tokenizer_dir
+  from helpers import llama3_tokenizer_dir
   reference = llama3_tokenizer_dir(tmp_path / "reference", eos="<|end_of_text|>")
   (tmp_path / "reference" / "generation_config.json").write_text(
       json.dumps({"eos_token_id": 1, "top_p": 0.9}))
@@ -260,6 +260,7 @@ def test_dpo_run_raises_held_out_reward_accuracy(trained_run, pair_files, tmp_pa
     assert evals[1][f"eval/{k}"] == pytest.approx(v, rel=1e-3, abs=1e-4), k
 
 
+@pytest.mark.slow
 def test_dpo_run_without_reference_dir_fails_cleanly(tmp_path, capsys):
   args = [f"--model_dir={tmp_path / 'run'}", "--gin_file=gin_configs/runs/dpo.gin",
           "--gin_file=gin_configs/models/nano.gin", "--gin.train.model_cfg=@ModelConfig()",

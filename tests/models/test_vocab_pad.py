@@ -20,6 +20,7 @@ def test_padded_size():
   assert SMALL.padded_vocab_size == 66
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tied", [True, False])
 def test_padded_rows_change_nothing_but_the_tables(tied):
   plain = dataclasses.replace(SMALL, tie_embeddings=tied)

@@ -18,6 +18,8 @@ from lm.cli import sweep as sweep_cli
 from lm.errors import UserError
 from lm.sweep import collect, grid, results, run_sweep, tables
 
+pytestmark = pytest.mark.slow  # subprocesses
+
 # Children run with TensorFlow blocked (it is most of lm-train's start-up) on random tokens.
 NO_TF = """import sys
 for name in ("tensorflow", "seqio", "tensorflow_datasets"):

@@ -13,6 +13,8 @@ import pytest
 
 from lm.training.checkpoints import Checkpointer
 from conftest import REPO
+
+pytestmark = pytest.mark.slow  # subprocesses
 from train_utils import char_batches, trainer_for
 
 RUN = ["--gin_file=gin_configs/runs/shakespeare_char_cpu.gin",

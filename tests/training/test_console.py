@@ -2,7 +2,11 @@
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
+
+pytestmark = pytest.mark.slow  # subprocesses
 
 # A process that hides native output as lm-train does, then writes to fd 2 as C++ code does.
 _PROLOGUE = """

@@ -34,7 +34,7 @@ from lm.training.preemption import Preempted
 from lm.training.run_lock import RunLock
 from lm.training.state import create_state, state_shardings
 from lm.training.step import LossConfig, train_step
-from test_cli import _fails, _snapshot
+from helpers import snapshot, train_fails
 from train_utils import NANO, mesh_of
 
 ABS_RUN = [a.replace("--gin_file=", f"--gin_file={REPO}/") for a in NANO_RUN]
@@ -139,6 +139,7 @@ def test_guard_counts_consecutive_skips():
       guard.check(counts, last_checkpoint=None)
 
 
+@pytest.mark.slow
 def test_nan_batch_stops_the_run_keeping_the_last_checkpoint(tmp_path):
   run = tmp_path / "run"
   # Step 5's batch is NaN; the guard is read at the next log (step 6), before the checkpoint.
@@ -150,6 +151,7 @@ def test_nan_batch_stops_the_run_keeping_the_last_checkpoint(tmp_path):
   assert latest_step(str(run / "checkpoints")) == 4
 
 
+@pytest.mark.slow
 def test_skip_policy_skips_and_counts(tmp_path):
   run = tmp_path / "skip"
   _loop(run, log_every=3, nan_steps=(3, 4), nonfinite="skip", max_consecutive_skips=3)
@@ -162,6 +164,7 @@ def test_skip_policy_skips_and_counts(tmp_path):
 
 
 
+@pytest.mark.slow
 def test_sigint_saves_at_the_current_step_and_stops(tmp_path):
   # The bit-exact resume after a signal: test_checkpoint.py::test_sigterm_and_resume_is_bit_exact.
   run = tmp_path / "run"
@@ -174,13 +177,14 @@ def test_sigint_saves_at_the_current_step_and_stops(tmp_path):
   assert json.load(open(run / "checkpoints" / "3" / "data" / "metadata")) == {"batches": 3}
 
 
+@pytest.mark.slow
 def test_second_run_on_a_model_dir_is_refused(tmp_path):
   run = tmp_path / "run"
   holder = RunLock(str(run))  # another run holding the directory
-  before = _snapshot(run)
+  before = snapshot(run)
   with pytest.raises(UserError, match=f"another run is training in {run} \\(holder: host "):
     _loop(run)
-  assert _snapshot(run) == before
+  assert snapshot(run) == before
   holder.release()  # the OS drops the lock with its holder (see test_checkpoint's SIGKILL test)
   RunLock(str(run)).release()
 
@@ -209,9 +213,9 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_newest_good_one(trained_run
   # Nothing restorable: refused, nothing trained.
   for step in (20, 40):
     shutil.rmtree(run / "checkpoints" / str(step) / "params")
-  before = _snapshot(run)
-  _fails(args + NANO_RUN[:-1], capsys, "(no older step restores either)")
-  assert _snapshot(run) == before
+  before = snapshot(run)
+  train_fails(args + NANO_RUN[:-1], capsys, "(no older step restores either)")
+  assert snapshot(run) == before
 
 
 # lm-train with files limited to 32 KB (RLIMIT_FSIZE; SIGXFSZ ignored, so a write past the
@@ -225,6 +229,7 @@ train.main(sys.argv[1:])
 """
 
 
+@pytest.mark.slow
 def test_full_disk_while_checkpointing_keeps_earlier_checkpoints(tmp_path, monkeypatch):
   monkeypatch.chdir(REPO)
   run = tmp_path / "run"
@@ -253,6 +258,7 @@ def test_full_disk_while_checkpointing_keeps_earlier_checkpoints(tmp_path, monke
                read_params(str(run / "checkpoints")), params_2)
 
 
+@pytest.mark.slow
 def test_injected_hooks_and_optimizer_wrappers(tmp_path):
   """The loop's features come from outside: a hook runs at every eval step on the model's
   params and its scalars are logged there; each optimizer wrapper gets tx and init_from."""

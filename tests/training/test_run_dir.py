@@ -13,7 +13,7 @@ from lm.errors import UserError
 from lm.training import loop
 from lm.training.optimizers import OptimizerConfig
 from lm.training.step import LossConfig
-from test_cli import _fails, _snapshot
+from helpers import snapshot, train_fails
 from train_utils import NANO
 
 # NANO_RUN with absolute gin files, to run from any working directory.
@@ -30,6 +30,7 @@ def _rows(model_dir):
   return [json.loads(line) for line in open(os.path.join(model_dir, "metrics.jsonl"))]
 
 
+@pytest.mark.slow
 def test_relative_model_dir_trains_past_a_checkpoint_and_resumes(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   short = ["--gin.CHECKPOINT_EVERY=2", "--gin.LOG_EVERY=1", "--gin.EVAL_EVERY=0",
@@ -82,15 +83,15 @@ def test_harmless_model_changes_resume(trained_run, tmp_path, monkeypatch):
 ])
 def test_resume_refuses_other_settings(trained_run, capsys, monkeypatch, extra, message):
   monkeypatch.chdir(REPO)
-  before = _snapshot(trained_run)
-  _fails([f"--model_dir={trained_run}", "--gin.TRAIN_STEPS=40"] + NANO_RUN + extra, capsys,
+  before = snapshot(trained_run)
+  train_fails([f"--model_dir={trained_run}", "--gin.TRAIN_STEPS=40"] + NANO_RUN + extra, capsys,
          message)
-  assert _snapshot(trained_run) == before
+  assert snapshot(trained_run) == before
 
 
 def test_failed_init_from_creates_nothing(tmp_path, capsys, monkeypatch):
   monkeypatch.chdir(tmp_path)
-  _fails(["--model_dir=run", "--gin.TRAIN_STEPS=2", "--gin.train.init_from='elsewhere'"]
+  train_fails(["--model_dir=run", "--gin.TRAIN_STEPS=2", "--gin.train.init_from='elsewhere'"]
          + ABS_RUN, capsys, "cannot initialize from")
   assert os.listdir(tmp_path) == []  # neither run/checkpoints nor elsewhere/checkpoints
 
@@ -133,6 +134,7 @@ def _loop(model_dir, batches_fn, **kw):
                     mesh_shape=(-1, 1, 1), progress=False, **kw)
 
 
+@pytest.mark.slow
 def test_empty_validation_split_is_refused_at_start(tmp_path):
   empty = lambda cfg, split, start=0: _Batches(cfg, split, start, validation_batches=0)
   with pytest.raises(UserError, match="validation split .* is empty; set EVAL_STEPS=0"):
@@ -140,6 +142,7 @@ def test_empty_validation_split_is_refused_at_start(tmp_path):
   assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_train_nll_beside_loss_and_no_nan_evals(tmp_path):
   _loop(tmp_path / "run", _Batches, optimizer_cfg=OptimizerConfig(warmup_steps=0),
         loss_cfg=LossConfig(z_loss=1e-2))

@@ -11,6 +11,7 @@ from lm.cli import train
 wandb = pytest.importorskip("wandb")
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_records_metrics_and_config(tmp_path, monkeypatch):
   monkeypatch.chdir(REPO)
   monkeypatch.setenv("WANDB_MODE", "offline")
