@@ -70,9 +70,10 @@ def logical_sharding(mesh: Mesh, logical_specs, rules=DEFAULT_RULES):
   return nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Leading (batch) dimension split over the data-parallel axes, the rest replicated."""
-  return NamedSharding(mesh, P(BATCH_AXES))
+def batch_sharding(mesh: Mesh, stacked: bool = False) -> NamedSharding:
+  """Leading (batch) dimension split over the data-parallel axes, the rest replicated;
+  stacked: batches stacked on a new leading axis (one per step), the batch dimension second."""
+  return NamedSharding(mesh, P(None, BATCH_AXES) if stacked else P(BATCH_AXES))
 
 
 def data_parallel_size(mesh: Mesh) -> int:
@@ -109,9 +110,11 @@ def check_model_divisible(mesh: Mesh, cfg):
                     f"{fsdp}")
 
 
-def global_batch(mesh: Mesh, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-  """This process's rows of the batch -> global jax.Arrays sharded over the batch axes."""
-  sharding = batch_sharding(mesh)
+def global_batch(mesh: Mesh, local_batch: dict[str, np.ndarray],
+                 stacked: bool = False) -> dict[str, jax.Array]:
+  """This process's rows of the batch -> global jax.Arrays sharded over the batch axes
+  (stacked: [steps, rows, ...] arrays, see batch_sharding)."""
+  sharding = batch_sharding(mesh, stacked)
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
 
 

@@ -92,6 +92,17 @@ def parse_gin(files, bindings):
     raise UserError(f"bad gin config: {first_line(e)}") from None
 
 
+def use_compilation_cache():
+  """JAX's persistent compilation cache under $LM_CACHE_DIR/jax (default ~/.cache/lm/jax): a
+  second run of the same shapes loads its compiled programs (those that took >= 1 s) instead
+  of compiling them. A cache directory already configured (JAX_COMPILATION_CACHE_DIR) is kept."""
+  import jax
+  if jax.config.jax_compilation_cache_dir:
+    return
+  root = os.environ.get("LM_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "lm"))
+  jax.config.update("jax_compilation_cache_dir", os.path.join(root, "jax"))
+
+
 def first_line(e: Exception) -> str:
   """An exception's first line (gin appends its call chain to messages)."""
   return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -19,7 +19,7 @@ import os
 import sys
 import tempfile
 
-from lm.cli.common import run_main
+from lm.cli.common import run_main, use_compilation_cache
 from lm.errors import UserError
 
 
@@ -45,13 +45,6 @@ def _parser():
   parser.add_argument("--no_compilation_cache", action="store_true",
                       help="do not read or write the persistent compilation cache")
   return parser
-
-
-def _use_compilation_cache():
-  """JAX's persistent cache under $LM_CACHE_DIR/jax: compilations of >= 1 s are reused."""
-  import jax
-  root = os.environ.get("LM_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "lm"))
-  jax.config.update("jax_compilation_cache_dir", os.path.join(root, "jax"))
 
 
 REPORT_SECTIONS = ("results", "stderr", "num_examples", "seconds", "examples", "task_config")
@@ -147,7 +140,7 @@ def _main(argv):
   path = os.path.join(args.model_dir, "eval", f"step_{step}.json")
   _read_report(path)
   if not args.no_compilation_cache:
-    _use_compilation_cache()
+    use_compilation_cache()
   import lm
   model = lm.load(args.model_dir, step, args.mesh_shape)
   report = evaluate(model, tasks, seed=args.seed, data_dir=args.data_dir,

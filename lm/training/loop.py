@@ -51,7 +51,7 @@ def train(model_dir: str, *, model_cfg: ModelConfig = gin.REQUIRED, input_cfg=gi
           init_from: str | None = None, objective: Callable | None = None,
           nonfinite: str = "stop", max_consecutive_skips: int = 10, trainable=None,
           optimizer_wrappers: Sequence[Callable] = (),
-          hooks: Sequence[Callable] = ()) -> TrainResult:
+          hooks: Sequence[Callable] = (), steps_per_call: int = 1) -> TrainResult:
   """Trains (or resumes) the run in `model_dir` for `steps` optimizer steps.
 
   init_from: another model dir (e.g. from `lm-convert import-hf`) whose latest params start a
@@ -83,6 +83,13 @@ def train(model_dir: str, *, model_cfg: ModelConfig = gin.REQUIRED, input_cfg=gi
   end the run). SIGTERM/SIGINT save a checkpoint after the current step and raise Preempted;
   a second run on the same model_dir is refused (lm/training/supervisor.py).
 
+  steps_per_call: optimizer steps per jitted call (a lax.scan over that many stacked batches),
+  which saves the per-step dispatch and host sync of small models. Calls never cross a log,
+  eval or checkpoint step (steps before one that a whole call does not fit run one by one),
+  and SIGTERM/SIGINT save at the end of the current call. The grouping depends only on the
+  step a run starts from, so a resume is still bit-exact; changing steps_per_call on a resume
+  changes the numerics slightly (another compiled program), not the schedule.
+
   Every check runs before anything is written: a failed start leaves model_dir as it was.
   """
   model_dir = os.path.abspath(model_dir)  # relative to the working directory, as typed
@@ -96,6 +103,8 @@ def train(model_dir: str, *, model_cfg: ModelConfig = gin.REQUIRED, input_cfg=gi
       checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
       grad_accum_steps=grad_accum_steps, seed=seed, nonfinite=nonfinite,
       max_consecutive_skips=max_consecutive_skips)
+  if not isinstance(steps_per_call, int) or steps_per_call < 1:
+    raise UserError(f"train.steps_per_call must be a positive integer, got {steps_per_call!r}")
   mesh = make_mesh(mesh_shape)
   check_divisible(mesh, batch_size, model_cfg.num_heads, model_cfg.kv_heads)
   check_model_divisible(mesh, model_cfg)
@@ -162,10 +171,20 @@ def train(model_dir: str, *, model_cfg: ModelConfig = gin.REQUIRED, input_cfg=gi
                      "counts": sup.guard.update(totals["counts"], state.step,
                                                 metrics["nonfinite"])}
 
+    def scan_steps(state, batches, totals, *frozen):
+      """train_and_total over batches stacked on a leading axis (steps_per_call of them)."""
+      def body(carry, batch):
+        state, totals = carry
+        return train_and_total(state, batch, totals, *frozen), None
+      return jax.lax.scan(body, (state, totals), batches)[0]
+
     replicated = NamedSharding(mesh, P())
-    step_fn = jax.jit(train_and_total, out_shardings=(shardings, replicated), donate_argnums=0,
-                      in_shardings=(shardings, batch_sharding(mesh), replicated,
-                                    *frozen_shardings))
+    jit_steps = functools.partial(jax.jit, out_shardings=(shardings, replicated),
+                                  donate_argnums=0)
+    step_fn = jit_steps(train_and_total, in_shardings=(
+        shardings, batch_sharding(mesh), replicated, *frozen_shardings))
+    multi_step_fn = jit_steps(scan_steps, in_shardings=(
+        shardings, batch_sharding(mesh, stacked=True), replicated, *frozen_shardings))
     eval_fn = jax.jit(lambda params, batch, totals, *frozen: jax.tree.map(
         jnp.add, totals, eval_fn_(params, batch, *frozen)),
         in_shardings=(shardings.params, batch_sharding(mesh), replicated, *frozen_shardings))
@@ -198,21 +217,29 @@ def train(model_dir: str, *, model_cfg: ModelConfig = gin.REQUIRED, input_cfg=gi
                            disable=not progress or jax.process_index() != 0))
     totals, zero_sums = None, None
     window_start, window_steps, eval_loss = time.perf_counter(), 0, None
-    for step in range(start + 1, steps + 1):
-      batch = global_batch(mesh, next(train_batches))
-      if totals is None:  # the sums have the shapes of the step's metrics
-        zero_sums = _zeros(mesh, jax.eval_shape(train_fn, state, batch, *frozen)[1])
+    step = start
+    while step < steps:
+      n = _call_steps(step, steps_per_call, steps, (log_every, eval_every, checkpoint_every))
+      local = [next(train_batches) for _ in range(n)]
+      if totals is None:  # the sums have the shapes of the step's metrics (scalars)
+        zero_sums = _zeros(mesh, jax.eval_shape(train_fn, state, local[0], *frozen)[1])
         totals = {"sums": zero_sums, "counts": _zeros(mesh, sup.guard.zeros())}
       previous = totals
-      state, totals = step_fn(state, batch, totals, *frozen)
-      # One program per step and at most one step waiting behind the running one. XLA:CPU lets
+      if n == 1:
+        state, totals = step_fn(state, global_batch(mesh, local[0]), totals, *frozen)
+      else:
+        stacked = jax.tree.map(lambda *rows: np.stack(rows), *local)
+        state, totals = multi_step_fn(state, global_batch(mesh, stacked, stacked=True), totals,
+                                      *frozen)
+      step += n
+      # One program per call and at most one call waiting behind the running one. XLA:CPU lets
       # a device hold 32 programs in flight and launches the replicas of a multi-device program
       # from a thread pool as small as the core count: a host far ahead (many small programs
       # per step, as this loop once dispatched) could fill one device's slots with programs
       # waiting on a collective whose replica on that device was never launched, and the
       # all-reduce rendezvous timed out ("Expected 2 threads ... only 1 of them arrived").
       jax.block_until_ready(previous)
-      window_steps += 1
+      window_steps += n
       if step % log_every == 0 or step == steps:
         sums = jax.device_get(totals["sums"])
         totals = {"sums": zero_sums, "counts": totals["counts"]}
@@ -260,13 +287,20 @@ def train(model_dir: str, *, model_cfg: ModelConfig = gin.REQUIRED, input_cfg=gi
         raise sup.stopped(step, ckpt, writer)
       if window_steps == 0:
         window_start = time.perf_counter()  # evals and logging stay out of tokens/s
-      bar.update(1)
+      bar.update(n)
     bar.close()
     ckpt.wait()
     ckpt.close()
     writer.close()
     state = state.replace(params=trainable.merged(state.params))
   return TrainResult(state=state, model=model, mesh=mesh, last_eval_loss=eval_loss)
+
+
+def _call_steps(step: int, steps_per_call: int, steps: int, every: Sequence[int]) -> int:
+  """How many steps the call after `step` runs: steps_per_call where that many fit before the
+  next step with host work (a multiple of an `every`, or the last step), else one."""
+  next_stop = min([steps] + [(step // e + 1) * e for e in every if e])
+  return steps_per_call if next_stop - step >= steps_per_call else 1
 
 
 def _zeros(mesh, shapes):
