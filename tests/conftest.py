@@ -7,11 +7,6 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("LM_CACHE_DIR", os.path.join(tempfile.gettempdir(), "lm-test-cache"))
-# One persistent compilation cache for the session's processes: many tests (and the lm-train
-# subprocesses) compile the same small programs; a hit skips XLA, whatever its compile time.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.environ["LM_CACHE_DIR"], "jax"))
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import gin  # noqa: E402
 import pytest  # noqa: E402

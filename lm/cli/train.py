@@ -2,10 +2,7 @@
 
   lm-train --gin_file=gin_configs/runs/shakespeare_char_cpu.gin --model_dir=/tmp/lm/run \
       [--gin.TRAIN_STEPS=500 ...] [--coordinator_address=host:port --num_processes=N --process_id=i]
-      [--no_compilation_cache] [--verbose]
-
-Compiled programs are kept in JAX's persistent compilation cache under $LM_CACHE_DIR/jax
-(default ~/.cache/lm/jax), so a rerun of the same shapes skips most compilation.
+      [--verbose]
 
 Exit status: 0 done; 2 a user error (one `error:` line, nothing written); 1 training halted
 (non-finite loss, a checkpoint that cannot be written); 128 + signal after SIGTERM/SIGINT
@@ -21,7 +18,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from lm.cli.common import first_line, parse_args, parse_gin, run_main, use_compilation_cache
+from lm.cli.common import first_line, parse_args, parse_gin, run_main
 from lm.errors import UserError
 from lm.training import console, loop
 from lm.training.checkpoints import CheckpointWriteError
@@ -79,9 +76,6 @@ def _main(argv):
   parser.add_argument("--coordinator_address", help="host:port of process 0 (multi-host)")
   parser.add_argument("--num_processes", type=int)
   parser.add_argument("--process_id", type=int)
-  parser.add_argument("--no_compilation_cache", action="store_true",
-                      help="do not read or write the persistent compilation cache "
-                           "($LM_CACHE_DIR/jax, default ~/.cache/lm/jax)")
   parser.add_argument("--verbose", action="store_true",
                       help="show TensorFlow/XLA/absl start-up logs and library INFO logs")
   args, bindings = parse_args(parser, argv)
@@ -120,8 +114,6 @@ def _train(args, bindings) -> int:
     print(f"note: SeqIO input unavailable ({e}); use lm.data.arrays inputs")
   parse_gin(args.gin_file, bindings)
   host_devices()
-  if not args.no_compilation_cache:
-    use_compilation_cache()  # a rerun of the same shapes starts training sooner
   try:
     result = loop.train(args.model_dir)
   except TrainingHalted as e:

@@ -1,41 +1,18 @@
-"""Reading and writing safetensors files with numpy only; pickled checkpoints are refused.
+"""Reading and writing HF safetensors checkpoints (safetensors' numpy API); pickles are refused.
 
-The format is an 8-byte little-endian header length, a JSON header mapping each tensor name
-to its dtype, shape and byte range, then the raw bytes. Reading memory-maps the file, so a
-tensor is only read when used; bfloat16 comes from ml_dtypes (a JAX dependency), which the
-safetensors package's numpy API does not support.
+bfloat16 tensors come back as ml_dtypes.bfloat16 arrays (a JAX dependency), so no torch is
+needed to read or write them.
 """
 import glob
 import json
 import os
-import struct
 
-import ml_dtypes
 import numpy as np
+from safetensors import numpy as safetensors_numpy
 
 from lm.errors import UserError
 
-_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16,
-           "BF16": ml_dtypes.bfloat16, "I64": np.int64, "I32": np.int32, "I16": np.int16,
-           "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
-_NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
 INDEX = "model.safetensors.index.json"
-
-
-def read_file(path: str) -> dict[str, np.ndarray]:
-  """All tensors of one .safetensors file, as read-only memory-mapped arrays."""
-  with open(path, "rb") as f:
-    (header_len,) = struct.unpack("<Q", f.read(8))
-    header = json.loads(f.read(header_len))
-  data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + header_len)
-  tensors = {}
-  for name, info in header.items():
-    if name == "__metadata__":
-      continue
-    begin, end = info["data_offsets"]
-    dtype = _DTYPES[info["dtype"]]
-    tensors[name] = data[begin:end].view(dtype).reshape(info["shape"])
-  return tensors
 
 
 def read_dir(directory: str) -> dict[str, np.ndarray]:
@@ -58,22 +35,11 @@ def read_dir(directory: str) -> dict[str, np.ndarray]:
     raise UserError(f"no *.safetensors files in {directory}")
   tensors = {}
   for name in files:
-    tensors.update(read_file(os.path.join(directory, name)))
+    tensors.update(safetensors_numpy.load_file(os.path.join(directory, name)))
   return tensors
 
 
 def write_file(path: str, tensors: dict[str, np.ndarray]):
   """Writes one .safetensors file (metadata format=pt, which transformers expects)."""
-  header, offset = {"__metadata__": {"format": "pt"}}, 0
-  arrays = {name: np.ascontiguousarray(t) for name, t in tensors.items()}
-  for name, t in arrays.items():
-    header[name] = {"dtype": _NAMES[t.dtype], "shape": list(t.shape),
-                    "data_offsets": [offset, offset + t.nbytes]}
-    offset += t.nbytes
-  blob = json.dumps(header, separators=(",", ":")).encode()
-  blob += b" " * (-len(blob) % 8)  # the data starts 8-byte aligned
-  with open(path, "wb") as f:
-    f.write(struct.pack("<Q", len(blob)))
-    f.write(blob)
-    for t in arrays.values():
-      f.write(t.tobytes())
+  safetensors_numpy.save_file({name: np.ascontiguousarray(t) for name, t in tensors.items()},
+                              path, metadata={"format": "pt"})
