@@ -102,9 +102,7 @@ def train(model_dir: str, *, model_cfg: ModelConfig = gin.REQUIRED, input_cfg=gi
       log_every=log_every, eval_every=eval_every, eval_steps=eval_steps,
       checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
       grad_accum_steps=grad_accum_steps, seed=seed, nonfinite=nonfinite,
-      max_consecutive_skips=max_consecutive_skips)
-  if not isinstance(steps_per_call, int) or steps_per_call < 1:
-    raise UserError(f"train.steps_per_call must be a positive integer, got {steps_per_call!r}")
+      max_consecutive_skips=max_consecutive_skips, steps_per_call=steps_per_call)
   mesh = make_mesh(mesh_shape)
   check_divisible(mesh, batch_size, model_cfg.num_heads, model_cfg.kv_heads)
   check_model_divisible(mesh, model_cfg)

@@ -28,7 +28,7 @@ def _float(value, name: str, low: float = 0.0, high: float | None = None,
 
 def check_train_config(*, steps, input_cfg, optimizer_cfg, loss_cfg, log_every, eval_every,
                        eval_steps, checkpoint_every, keep_checkpoints, grad_accum_steps,
-                       seed, nonfinite, max_consecutive_skips) -> list[str]:
+                       seed, nonfinite, max_consecutive_skips, steps_per_call=1) -> list[str]:
   """Raises a UserError naming the first bad knob of a training run (see lm.training.loop.train).
 
   Returns warnings to print once training starts: warmup longer than the run is legal (a smoke
@@ -43,6 +43,7 @@ def check_train_config(*, steps, input_cfg, optimizer_cfg, loss_cfg, log_every, 
   _int(checkpoint_every, _name("CHECKPOINT_EVERY", "train.checkpoint_every"), 1)
   _int(keep_checkpoints, "train.keep_checkpoints", 1)
   _int(grad_accum_steps, "train.grad_accum_steps", 1)
+  _int(steps_per_call, "train.steps_per_call", 1)
   _int(seed, _name("SEED", "train.seed"), 0)
   if input_cfg.batch_size % grad_accum_steps:
     raise UserError(f"BATCH_SIZE={input_cfg.batch_size} is not divisible by grad_accum_steps="
